@@ -1,0 +1,12 @@
+"""hookestimator: a slim, fast TPUEstimator-style trainer for tf.compat.v1.
+
+Many training steps per session.run in an on-device loop, fed and drained
+by host controller threads, with every moving part a SessionRunHook.
+"""
+from hookestimator.config import RunConfig
+from hookestimator.estimator import HookEstimator
+from hookestimator.spec import HookEstimatorSpec
+from hookestimator.spec import ModeKeys
+
+__all__ = ['HookEstimator', 'HookEstimatorSpec', 'ModeKeys', 'RunConfig']
+__version__ = '0.1.0'

@@ -1,0 +1,125 @@
+"""RunConfig: where and how a HookEstimator runs, every field validated."""
+import numbers
+import os
+
+from hookestimator.compat import v1
+
+DEVICE_KINDS = ('cpu', 'gpu', 'tpu')
+DEFAULT_SAVE_CHECKPOINTS_SECS = 600
+
+
+def check_positive_int(name, value, allow_none=False):
+  """Returns `value` if it is an int > 0; raises naming `name` otherwise."""
+  if value is None and allow_none:
+    return None
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise TypeError('%s must be a positive integer%s, got %r (%s)' % (
+        name, ' or None' if allow_none else '', value, type(value).__name__))
+  if value <= 0:
+    raise ValueError('%s must be a positive integer, got %r' % (name, value))
+  return int(value)
+
+
+def _check_positive_number(name, value):
+  if value is None:
+    return None
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    raise TypeError('%s must be a positive number or None, got %r (%s)' % (
+        name, value, type(value).__name__))
+  if not value > 0:
+    raise ValueError('%s must be a positive number, got %r' % (name, value))
+  return value
+
+
+class RunConfig(object):
+  """Where a HookEstimator keeps its files and how it runs its loops.
+
+  Args:
+    model_dir: directory for checkpoints and event files; a new temporary
+      directory when None.
+    iterations_per_loop: training steps run on the device per session.run.
+    save_checkpoints_steps: save a checkpoint every this many steps.
+    save_checkpoints_secs: or every this many seconds (not both); when
+      neither is given, every 600 seconds.
+    keep_checkpoint_max: checkpoints kept on disk (0 keeps all).
+    log_step_count_steps: log throughput every this many steps.
+    session_config: a `tf.compat.v1.ConfigProto`, or None for soft placement.
+    device: 'cpu', 'gpu' or 'tpu'.
+  """
+
+  def __init__(self,
+               model_dir=None,
+               iterations_per_loop=2,
+               save_checkpoints_steps=None,
+               save_checkpoints_secs=None,
+               keep_checkpoint_max=5,
+               log_step_count_steps=100,
+               session_config=None,
+               device='cpu'):
+    if model_dir is not None:
+      if not isinstance(model_dir, (str, os.PathLike)):
+        raise TypeError('model_dir must be a path string or None, got %r' %
+                        (model_dir,))
+      model_dir = os.fspath(model_dir)
+      if not model_dir:
+        raise ValueError('model_dir must not be empty; pass None for a '
+                         'temporary directory')
+    self.model_dir = model_dir
+    self.iterations_per_loop = check_positive_int('iterations_per_loop',
+                                                  iterations_per_loop)
+    if save_checkpoints_steps is not None and save_checkpoints_secs is not None:
+      raise ValueError(
+          'Set save_checkpoints_steps or save_checkpoints_secs, not both; got '
+          'save_checkpoints_steps=%r and save_checkpoints_secs=%r' %
+          (save_checkpoints_steps, save_checkpoints_secs))
+    self.save_checkpoints_steps = check_positive_int(
+        'save_checkpoints_steps', save_checkpoints_steps, allow_none=True)
+    self.save_checkpoints_secs = _check_positive_number(
+        'save_checkpoints_secs', save_checkpoints_secs)
+    if self.save_checkpoints_steps is None and self.save_checkpoints_secs is None:
+      self.save_checkpoints_secs = DEFAULT_SAVE_CHECKPOINTS_SECS
+    if (isinstance(keep_checkpoint_max, bool) or
+        not isinstance(keep_checkpoint_max, numbers.Integral)):
+      raise TypeError('keep_checkpoint_max must be an integer >= 0, got %r' %
+                      (keep_checkpoint_max,))
+    if keep_checkpoint_max < 0:
+      raise ValueError('keep_checkpoint_max must be >= 0 (0 keeps all), got %r'
+                       % (keep_checkpoint_max,))
+    self.keep_checkpoint_max = int(keep_checkpoint_max)
+    self.log_step_count_steps = check_positive_int('log_step_count_steps',
+                                                   log_step_count_steps)
+    if session_config is not None and not isinstance(session_config,
+                                                     v1.ConfigProto):
+      raise TypeError('session_config must be a tf.compat.v1.ConfigProto or '
+                      'None, got %r' % (type(session_config).__name__,))
+    self.session_config = session_config
+    if device not in DEVICE_KINDS:
+      raise ValueError('device must be one of %s, got %r' %
+                       (', '.join(repr(k) for k in DEVICE_KINDS), device))
+    self.device = device
+
+  def replace(self, **changes):
+    """A copy of this config with `changes` applied (and validated)."""
+    fields = dict(
+        model_dir=self.model_dir,
+        iterations_per_loop=self.iterations_per_loop,
+        save_checkpoints_steps=self.save_checkpoints_steps,
+        save_checkpoints_secs=(None if self.save_checkpoints_steps else
+                               self.save_checkpoints_secs),
+        keep_checkpoint_max=self.keep_checkpoint_max,
+        log_step_count_steps=self.log_step_count_steps,
+        session_config=self.session_config,
+        device=self.device)
+    fields.update(changes)
+    if 'save_checkpoints_steps' in changes and 'save_checkpoints_secs' not in changes:
+      fields['save_checkpoints_secs'] = None
+    return RunConfig(**fields)
+
+  def __repr__(self):
+    return ('RunConfig(model_dir=%r, iterations_per_loop=%d, '
+            'save_checkpoints_steps=%r, save_checkpoints_secs=%r, '
+            'keep_checkpoint_max=%d, log_step_count_steps=%d, device=%r)' % (
+                self.model_dir, self.iterations_per_loop,
+                self.save_checkpoints_steps, self.save_checkpoints_secs,
+                self.keep_checkpoint_max, self.log_step_count_steps,
+                self.device))

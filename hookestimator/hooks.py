@@ -1,0 +1,240 @@
+"""The framework's SessionRunHooks, one job each.
+
+- DeviceSystemHook: device check, system init before the first loop; at
+  the end, closing the feeding queues and system shutdown.
+- LoopSizeHook: the size of each device loop, and stopping at the step.
+- InfeedOutfeedHook: signals the infeed and outfeed controllers with each
+  loop's size; joins them at the end and re-raises their errors.
+- ThroughputHook: per-loop step, loss, time and speed, logged and written
+  as TensorBoard scalars.
+"""
+import logging
+import time
+
+from hookestimator import config as config_lib
+from hookestimator.compat import v1
+from hookestimator.controller import Controller
+
+log = logging.getLogger(__name__)
+
+# How long the end of training waits for a controller to finish the work it
+# was already given (draining the last loop's outfeed, say).
+JOIN_TIMEOUT_SECS = 120
+
+
+class DeviceSystemHook(v1.train.SessionRunHook):
+  """Owns the device system: checked at begin, initialised before the first
+  loop, and at the end the feeding queues are closed (so nothing can block
+  on them) and the system shut down."""
+
+  def __init__(self, device, close_ops=(), session_config=None):
+    self._device = device
+    self._close_ops = list(close_ops)
+    self._session_config = session_config
+    self._session = None
+    self._initialized = False
+
+  def begin(self):
+    self._device.check()
+
+  def after_create_session(self, session, coord):
+    self._session = session
+    self._device.initialize(self._session_config)
+    self._initialized = True
+
+  def end(self, session):
+    self.close()
+
+  def close(self):
+    """Closes the feeding queues and shuts the system down; idempotent."""
+    if self._session is not None and self._close_ops:
+      self._session.run(self._close_ops)
+    if self._initialized:
+      self._initialized = False
+      self._device.shutdown(self._session_config)
+
+
+class LoopSizeHook(v1.train.SessionRunHook):
+  """Sizes each loop as min(iterations_per_loop, final_step - global_step)
+  and stops training at exactly the final step.
+
+  The size goes to the device loop as a feed, and to the feeding hook
+  through the shared LoopState.
+  """
+
+  def __init__(self, loop_state, iterations_per_loop, iterations_tensor,
+               global_step_after, num_steps=None, last_step=None):
+    if num_steps is not None and last_step is not None:
+      raise ValueError('Give num_steps or last_step, not both; got %r and %r'
+                       % (num_steps, last_step))
+    self._loop_state = loop_state
+    self._iterations_per_loop = config_lib.check_positive_int(
+        'iterations_per_loop', iterations_per_loop)
+    self._num_steps = config_lib.check_positive_int('num_steps', num_steps,
+                                                    allow_none=True)
+    self._last_step = config_lib.check_positive_int('last_step', last_step,
+                                                    allow_none=True)
+    self._iterations_tensor = iterations_tensor
+    self._global_step_after = global_step_after
+    self._global_step = None
+    self.final_step = None
+
+  def begin(self):
+    self._global_step = v1.train.get_global_step()
+    if self._global_step is None:
+      raise RuntimeError('LoopSizeHook needs a global step in the graph')
+
+  def after_create_session(self, session, coord):
+    step = int(session.run(self._global_step))
+    if self._num_steps is not None:
+      self.final_step = step + self._num_steps
+    else:
+      self.final_step = self._last_step
+    self._next_loop(step, coord)
+
+  def before_run(self, run_context):
+    return v1.train.SessionRunArgs(
+        self._global_step_after,
+        feed_dict={self._iterations_tensor: self._loop_state.iterations})
+
+  def after_run(self, run_context, run_values):
+    step = int(run_values.results)
+    if step <= self._step_before:
+      raise RuntimeError(
+          'The global step did not advance in a loop of %d steps (it reads '
+          '%d): the train_op must increment it, e.g. minimize(loss, '
+          'global_step=tf.compat.v1.train.get_global_step())' %
+          (self._loop_state.iterations, step))
+    self._next_loop(step, run_context)
+
+  def _next_loop(self, step, stopper):
+    self._step_before = step
+    if self.final_step is None:
+      self._loop_state.iterations = self._iterations_per_loop
+    elif step >= self.final_step:
+      self._loop_state.iterations = 0
+      stopper.request_stop()
+    else:
+      self._loop_state.iterations = min(self._iterations_per_loop,
+                                        self.final_step - step)
+
+
+class InfeedOutfeedHook(v1.train.SessionRunHook):
+  """Starts the infeed and outfeed controllers, signals both with each
+  loop's size, and joins them at the end.
+
+  `infeed.run_loop(session, count)` and `reader.read_loop(session, count)`
+  are the controllers' work for one loop; `reader.flush(session)` runs once
+  both have stopped. At the end `drain_ops` close the queues so that the
+  outfeed thread takes what is left and stops (a loop cut short by the end
+  of input sends fewer steps than signalled); on an error `cancel_ops` also
+  unblock any pending queue op.
+  """
+
+  def __init__(self, loop_state, infeed, reader, rendezvous, drain_ops=(),
+               cancel_ops=(), join_timeout=JOIN_TIMEOUT_SECS):
+    self._loop_state = loop_state
+    self._infeed = infeed
+    self._reader = reader
+    self._rendezvous = rendezvous
+    self._drain_ops = list(drain_ops)
+    self._cancel_ops = list(cancel_ops)
+    self._join_timeout = join_timeout
+    self._controllers = []
+    self._session = None
+
+  def after_create_session(self, session, coord):
+    self._session = session
+    # On the first error anywhere, unblock every queue op at once.
+    self._rendezvous.on_error(self._cancel_queues)
+    self._controllers = [
+        Controller('InfeedController',
+                   lambda count: self._infeed.run_loop(session, count),
+                   self._rendezvous).start(),
+        Controller('OutfeedController',
+                   lambda count: self._reader.read_loop(session, count),
+                   self._rendezvous).start(),
+    ]
+
+  def before_run(self, run_context):
+    count = self._loop_state.iterations
+    for controller in self._controllers:
+      controller.signal(count)
+
+  def end(self, session):
+    if self._drain_ops:
+      session.run(self._drain_ops)
+    self.join()
+    self._rendezvous.raise_if_error()
+    self._reader.flush(session)
+
+  def abort(self):
+    """Stops at once: cancels pending queue ops, then joins the threads."""
+    self._cancel_queues()
+    self.join()
+
+  def join(self):
+    """Lets the controllers finish their signalled work and joins them."""
+    controllers, self._controllers = self._controllers, []
+    for controller in controllers:
+      controller.stop()
+    for controller in controllers:
+      controller.join(self._join_timeout)
+
+  def _cancel_queues(self):
+    if self._session is not None and self._cancel_ops:
+      self._session.run(self._cancel_ops)
+
+
+class ThroughputHook(v1.train.SessionRunHook):
+  """Per loop: global step, loss, loop time, examples/sec and
+  global_step/sec, written as TensorBoard scalars and logged every
+  `log_step_count_steps` steps."""
+
+  def __init__(self, batch_size, log_step_count_steps, global_step_after,
+               last_loss, writer, clock=time.monotonic):
+    self._batch_size = config_lib.check_positive_int('batch_size', batch_size)
+    self._log_every = config_lib.check_positive_int('log_step_count_steps',
+                                                    log_step_count_steps)
+    self._fetches = {'step': global_step_after, 'loss': last_loss}
+    self._writer = writer
+    self._clock = clock
+    self._start = None
+    self._last_step = None
+    self._last_logged_step = None
+    self.last = None
+
+  def after_create_session(self, session, coord):
+    self._last_step = int(session.run(v1.train.get_global_step()))
+    self._last_logged_step = self._last_step
+
+  def before_run(self, run_context):
+    self._start = self._clock()
+    return v1.train.SessionRunArgs(self._fetches)
+
+  def after_run(self, run_context, run_values):
+    seconds = max(self._clock() - self._start, 1e-9)
+    step = int(run_values.results['step'])
+    loss = float(run_values.results['loss'])
+    steps = step - self._last_step
+    self._last_step = step
+    self.last = {
+        'global_step': step,
+        'loss': loss,
+        'loop_seconds': seconds,
+        'global_step/sec': steps / seconds,
+        'examples/sec': steps * self._batch_size / seconds,
+    }
+    summary = v1.Summary()
+    for tag in ('loop_seconds', 'global_step/sec', 'examples/sec'):
+      summary.value.add(tag=tag, simple_value=self.last[tag])
+    self._writer.add_summary(summary, step)
+    if step - self._last_logged_step >= self._log_every:
+      self._last_logged_step = step
+      log.info('global_step = %d, loss = %.6g, loop = %.3f s, '
+               'examples/sec = %.1f, global_step/sec = %.2f', step, loss,
+               seconds, self.last['examples/sec'],
+               self.last['global_step/sec'])
+
+  def end(self, session):
+    self._writer.flush()

@@ -1,0 +1,132 @@
+"""Runs host_call on the values the outfeed brings back, and writes summaries.
+
+`OutfeedReader.read_loop(session, count)` is the outfeed controller's work
+for one loop: ONE session.run dequeues the loop's steps and, when the
+host_call fn returns a dict of scalars, evaluates fn on every step inside
+the same run (a map over the steps). Each step's loss and scalars are
+written as TensorBoard scalars at that step's global step.
+
+A host_call fn that builds summary ops itself (TPUEstimator-style, with a
+tf.summary writer of its own, or v1 summaries it returns) is called once on
+per-step placeholders and run once per step; returned serialized summaries
+are written at the step, and the writers it made are opened and flushed.
+"""
+import logging
+
+import tensorflow as tf
+
+from hookestimator import compat
+from hookestimator.compat import v1
+
+log = logging.getLogger(__name__)
+
+
+def scalar_dict_keys(host_call):
+  """The sorted keys if host_call's fn returns a dict, else None.
+
+  fn is tried in a graph of its own, so nothing it builds stays behind.
+  """
+  with tf.Graph().as_default():
+    args = [v1.placeholder(t.dtype, t.shape) for t in host_call.tensors]
+    try:
+      result = host_call.call(args)
+    except Exception:  # pylint: disable=broad-except
+      # Not a pure function of its arguments: built (and its errors
+      # reported) in the real graph instead.
+      return None
+  return sorted(result) if isinstance(result, dict) else None
+
+
+def _scalar_values(host_call, keys, step_values):
+  result = host_call.call(list(step_values))
+  if not isinstance(result, dict) or sorted(result) != keys:
+    raise ValueError('host_call fn returned %r; expected a dict with keys %s'
+                     % (result, keys))
+  values = []
+  for key in keys:
+    value = tf.convert_to_tensor(result[key])
+    if value.shape.ndims != 0:
+      raise ValueError('host_call fn returned %r with shape %s for %r; '
+                       'expected a scalar' % (value, value.shape, key))
+    values.append(tf.cast(value, tf.float32))
+  return values
+
+
+class OutfeedReader(object):
+  """Drains the outfeed one loop at a time and runs host_call on it."""
+
+  def __init__(self, outfeed, host_call, writer):
+    self._outfeed = outfeed
+    self._writer = writer
+    stacked = list(outfeed.dequeue_op)
+    self._fetches = {'step': stacked[0], 'loss': stacked[1]}
+    self._keys = []
+    self._per_step = None
+    self._init_ops = []
+    self._flush_ops = []
+    if host_call is None:
+      return
+    host_values = stacked[2:]
+    keys = scalar_dict_keys(host_call)
+    with v1.name_scope('host_call'):
+      if keys is not None:
+        self._keys = keys
+        self._fetches['scalars'] = v1.map_fn(
+            lambda step_values: _scalar_values(host_call, keys, step_values),
+            tuple(host_values), dtype=[tf.float32] * len(keys),
+            back_prop=False, name='per_step')
+      else:
+        placeholders = [v1.placeholder(t.dtype, t.shape, name='step_value')
+                        for t in host_call.tensors]
+        result = host_call.call(placeholders)
+        self._per_step = (placeholders, _as_fetch_list(result))
+        self._fetches['values'] = host_values
+        self._init_ops = compat.summary_writer_init_ops()
+        self._flush_ops = compat.summary_writer_flush_ops(self._init_ops)
+
+  @property
+  def init_ops(self):
+    """Ops that open the summary writers a host_call fn made."""
+    return list(self._init_ops)
+
+  def read_loop(self, session, count):
+    """Handles up to `count` steps; returns how many came through."""
+    try:
+      out = session.run(self._fetches, {self._outfeed.count: count})
+    except tf.errors.OutOfRangeError:
+      return 0  # the queue was closed with no step left in it
+    steps = out['step']
+    for index, step in enumerate(steps):
+      summary = v1.Summary()
+      summary.value.add(tag='loss', simple_value=float(out['loss'][index]))
+      for key, column in zip(self._keys, out.get('scalars', ())):
+        summary.value.add(tag=key, simple_value=float(column[index]))
+      self._writer.add_summary(summary, int(step))
+    if self._per_step is not None:
+      self._run_per_step(session, steps, out['values'])
+    return len(steps)
+
+  def _run_per_step(self, session, steps, values):
+    placeholders, fetches = self._per_step
+    if not fetches:
+      return
+    for index, step in enumerate(steps):
+      feed = {p: v[index] for p, v in zip(placeholders, values)}
+      for result in session.run(fetches, feed):
+        if isinstance(result, bytes):
+          self._writer.add_summary(result, int(step))
+
+  def flush(self, session):
+    if self._flush_ops:
+      session.run(self._flush_ops)
+    self._writer.flush()
+
+
+def _as_fetch_list(result):
+  if result is None:
+    return []
+  if isinstance(result, (list, tuple)):
+    return [r for r in result if r is not None]
+  if isinstance(result, dict):
+    return list(result.values())
+  return [result]

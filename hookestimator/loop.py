@@ -1,0 +1,99 @@
+"""The on-device training loop, and LoopState, the loop size both hooks share.
+
+One session.run of `DeviceLoop.train_op` runs `iterations` training steps:
+each step dequeues a batch from the infeed, runs the model's train_op and
+enqueues the step's values (global step, loss, host_call tensors) to the
+outfeed.
+"""
+import threading
+
+import tensorflow as tf
+
+from hookestimator import spec as spec_lib
+from hookestimator.compat import v1
+
+
+class LoopState(object):
+  """The number of steps in the next device loop.
+
+  The loop-size hook sets it; the feeding hook reads it to signal its
+  controllers. One explicit object passed to both, under a lock.
+  """
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._iterations = None
+
+  @property
+  def iterations(self):
+    with self._lock:
+      return self._iterations
+
+  @iterations.setter
+  def iterations(self, value):
+    with self._lock:
+      self._iterations = value
+
+
+def create_global_step(graph):
+  """A resource int64 global step: reads inside the loop are copies, so a
+  step's value cannot change under it when train_op increments it."""
+  if v1.train.get_global_step(graph) is not None:
+    raise ValueError('The graph already has a global step')
+  with graph.as_default(), graph.name_scope(None):
+    return v1.get_variable(
+        v1.GraphKeys.GLOBAL_STEP, shape=[], dtype=tf.int64,
+        initializer=v1.zeros_initializer(), trainable=False, use_resource=True,
+        collections=[v1.GraphKeys.GLOBAL_VARIABLES, v1.GraphKeys.GLOBAL_STEP])
+
+
+class DeviceLoop(object):
+  """The built training loop.
+
+  Attributes:
+    iterations: int32 placeholder, the number of steps this run.
+    train_op: runs the loop; fetch it (or the tensors below) once per loop.
+    global_step_after: the global step once the loop has finished.
+    last_loss: the loss of the loop's last step.
+    spec: the HookEstimatorSpec the model_fn returned.
+    host_call: the validated HostCall, or None.
+    outfeed_names: what each outfed value is ('global_step', 'loss', then
+      the host_call tensors).
+  """
+
+  def __init__(self, global_step, infeed, outfeed, call_model_fn,
+               model_device):
+    self.iterations = v1.placeholder(tf.int32, [], name='iterations')
+    self.spec = None
+    self.host_call = None
+
+    def step(i, unused_last_loss):
+      with tf.control_dependencies([i]):
+        step_value = global_step.read_value()
+      with tf.control_dependencies([step_value]):
+        features, labels = infeed.dequeue()
+      with tf.device(model_device):
+        self.spec = spec_lib.as_hook_spec(
+            call_model_fn(features, labels, tf.estimator.ModeKeys.TRAIN))
+        spec_lib.check_train_spec(self.spec)
+        outfed = [step_value, self.spec.loss]
+        if self.spec.host_call is not None:
+          self.host_call = spec_lib.HostCall(self.spec.host_call)
+          outfed += self.host_call.tensors
+        with tf.control_dependencies([self.spec.train_op]):
+          outfed = [tf.identity(t) for t in outfed]
+          enqueue = outfeed.enqueue(outfed)
+        with tf.control_dependencies([enqueue, self.spec.train_op]):
+          return i + 1, tf.cast(self.spec.loss, tf.float32)
+
+    # Resource variables, so that variables made inside the loop body are
+    # created outside it (their initialisers cannot live in a loop).
+    with v1.variable_scope(v1.get_variable_scope(), use_resource=True):
+      steps_done, self.last_loss = v1.while_loop(
+          lambda i, _: i < self.iterations, step,
+          [tf.constant(0), tf.constant(0.0)],
+          parallel_iterations=1, name='device_loop')
+    with tf.control_dependencies([steps_done, self.last_loss]):
+      self.global_step_after = global_step.read_value()
+    self.train_op = self.global_step_after.op
+    outfeed.build_host_ops()
