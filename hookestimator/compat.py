@@ -26,7 +26,7 @@ def summary_writer_init_ops():
 
 def summary_writer_flush_ops(init_ops):
   """Flush ops for the writers whose initialisers are `init_ops`."""
-  return [summary_ops_v2.flush(writer=op.inputs[0]) for op in init_ops]
+  return [tf.raw_ops.FlushSummaryWriter(writer=op.inputs[0]) for op in init_ops]
 
 
 def physical_devices(kind):

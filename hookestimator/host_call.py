@@ -68,21 +68,21 @@ class OutfeedReader(object):
       return
     host_values = stacked[2:]
     keys = scalar_dict_keys(host_call)
-    with v1.name_scope('host_call'):
-      if keys is not None:
-        self._keys = keys
-        self._fetches['scalars'] = v1.map_fn(
-            lambda step_values: _scalar_values(host_call, keys, step_values),
-            tuple(host_values), dtype=[tf.float32] * len(keys),
-            back_prop=False, name='per_step')
-      else:
-        placeholders = [v1.placeholder(t.dtype, t.shape, name='step_value')
-                        for t in host_call.tensors]
-        result = host_call.call(placeholders)
-        self._per_step = (placeholders, _as_fetch_list(result))
-        self._fetches['values'] = host_values
-        self._init_ops = compat.summary_writer_init_ops()
-        self._flush_ops = compat.summary_writer_flush_ops(self._init_ops)
+    if keys is not None:
+      self._keys = keys
+      self._fetches['scalars'] = v1.map_fn(
+          lambda step_values: _scalar_values(host_call, keys, step_values),
+          tuple(host_values), dtype=[tf.float32] * len(keys),
+          back_prop=False, name='host_call')
+    else:
+      # No name scope here: it would prefix the tags of fn's summaries.
+      placeholders = [v1.placeholder(t.dtype, t.shape)
+                      for t in host_call.tensors]
+      result = host_call.call(placeholders)
+      self._per_step = (placeholders, _as_fetch_list(result))
+      self._fetches['values'] = host_values
+      self._init_ops = compat.summary_writer_init_ops()
+      self._flush_ops = compat.summary_writer_flush_ops(self._init_ops)
 
   @property
   def init_ops(self):
