@@ -3,6 +3,7 @@ at the end of training."""
 import logging
 import os
 
+from hookestimator import config as config_lib
 from hookestimator.compat import v1
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,9 @@ class CheckpointHook(v1.train.SessionRunHook):
     if (save_steps is None) == (save_secs is None):
       raise ValueError('Give exactly one of save_steps and save_secs; got '
                        'save_steps=%r, save_secs=%r' % (save_steps, save_secs))
+    save_steps = config_lib.check_positive_int('save_steps', save_steps,
+                                               allow_none=True)
+    save_secs = config_lib.check_positive_number('save_secs', save_secs)
     self._path = os.path.join(model_dir, CHECKPOINT_BASENAME)
     self._scaffold = scaffold
     self._global_step_after = global_step_after

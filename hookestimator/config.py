@@ -20,7 +20,8 @@ def check_positive_int(name, value, allow_none=False):
   return int(value)
 
 
-def _check_positive_number(name, value):
+def check_positive_number(name, value):
+  """Returns `value` if it is None or a number > 0; raises otherwise."""
   if value is None:
     return None
   if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -74,7 +75,7 @@ class RunConfig(object):
           (save_checkpoints_steps, save_checkpoints_secs))
     self.save_checkpoints_steps = check_positive_int(
         'save_checkpoints_steps', save_checkpoints_steps, allow_none=True)
-    self.save_checkpoints_secs = _check_positive_number(
+    self.save_checkpoints_secs = check_positive_number(
         'save_checkpoints_secs', save_checkpoints_secs)
     if self.save_checkpoints_steps is None and self.save_checkpoints_secs is None:
       self.save_checkpoints_secs = DEFAULT_SAVE_CHECKPOINTS_SECS

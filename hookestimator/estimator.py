@@ -135,7 +135,6 @@ class HookEstimator(object):
       if not isinstance(hook, v1.train.SessionRunHook):
         raise TypeError('hooks must be SessionRunHook instances, got %r' %
                         (hook,))
-    tf.io.gfile.makedirs(self.model_dir)
     start_step = self._checkpoint_step()
     if max_steps is not None and start_step >= max_steps:
       log.info('Skipping training: the checkpoint is at step %d and '
@@ -195,6 +194,7 @@ class HookEstimator(object):
     ] + list(device_loop.spec.training_hooks) + user_hooks + [device_system]
     session_config = config.session_config or v1.ConfigProto(
         allow_soft_placement=True)
+    tf.io.gfile.makedirs(self.model_dir)
     creator = v1.train.ChiefSessionCreator(
         scaffold=scaffold, checkpoint_dir=self.model_dir,
         config=session_config)

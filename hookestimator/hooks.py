@@ -11,6 +11,8 @@
 import logging
 import time
 
+import tensorflow as tf
+
 from hookestimator import config as config_lib
 from hookestimator.compat import v1
 from hookestimator.controller import Controller
@@ -48,7 +50,8 @@ class DeviceSystemHook(v1.train.SessionRunHook):
   def close(self):
     """Closes the feeding queues and shuts the system down; idempotent."""
     if self._session is not None and self._close_ops:
-      self._session.run(self._close_ops)
+      close_ops, self._close_ops = self._close_ops, []
+      self._session.run(close_ops)
     if self._initialized:
       self._initialized = False
       self._device.shutdown(self._session_config)
@@ -86,10 +89,13 @@ class LoopSizeHook(v1.train.SessionRunHook):
 
   def after_create_session(self, session, coord):
     step = int(session.run(self._global_step))
-    if self._num_steps is not None:
-      self.final_step = step + self._num_steps
-    else:
-      self.final_step = self._last_step
+    # Fixed at the first session: a session re-created after a preemption
+    # restores an earlier step but must not move the goal.
+    if self.final_step is None:
+      if self._num_steps is not None:
+        self.final_step = step + self._num_steps
+      else:
+        self.final_step = self._last_step
     self._next_loop(step, coord)
 
   def before_run(self, run_context):
@@ -144,9 +150,13 @@ class InfeedOutfeedHook(v1.train.SessionRunHook):
     self._session = None
 
   def after_create_session(self, session, coord):
+    if self._session is None:
+      # On the first error anywhere, unblock every queue op at once.
+      self._rendezvous.on_error(self._cancel_queues)
+    # A re-created session (after a preemption) gets fresh controllers; the
+    # old ones only ever ran on the old session.
+    self.join()
     self._session = session
-    # On the first error anywhere, unblock every queue op at once.
-    self._rendezvous.on_error(self._cancel_queues)
     self._controllers = [
         Controller('InfeedController',
                    lambda count: self._infeed.run_loop(session, count),
@@ -163,7 +173,10 @@ class InfeedOutfeedHook(v1.train.SessionRunHook):
 
   def end(self, session):
     if self._drain_ops:
-      session.run(self._drain_ops)
+      try:
+        session.run(self._drain_ops)
+      except tf.errors.CancelledError:
+        pass  # Already closed by the error path; the error is raised below.
     self.join()
     self._rendezvous.raise_if_error()
     self._reader.flush(session)

@@ -224,14 +224,6 @@ def test_loop_size_hook_needs_a_global_step():
       hook.begin()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='BUG: LoopSizeHook.after_create_session recomputes final_step = '
-    'step + num_steps every time a session is created, so when '
-    'MonitoredSession recreates its session (recovery after an '
-    'AbortedError/UnavailableError, restoring an earlier checkpoint) '
-    'training runs num_steps more from the restored step instead of '
-    'stopping at the step first computed (StopAtStepHook computes it once).')
 def test_loop_size_hook_keeps_its_final_step_when_the_session_is_recreated():
   graph = StepGraph()
   loop_state = loop_lib.LoopState()
@@ -450,15 +442,6 @@ def test_feeding_hook_abort_cancels_blocked_queue_ops_and_joins():
         session.run(enqueue)  # the cancel ops did close the queue
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='BUG: InfeedOutfeedHook.end() runs drain_ops before re-raising '
-    "the rendezvous's error. When a controller failed, the on_error "
-    'callback has already run cancel_ops (queue.close(cancel_pending_'
-    'enqueues=True)); the drain op queue.close() (cancel_pending_enqueues='
-    'False, as the estimator passes for the outfeed) then fails with '
-    'CancelledError "Queue is already closed", which end() raises in place '
-    'of the original error (and without joining the controllers).')
 def test_feeding_hook_end_reraises_a_reader_error_after_queues_closed():
   with tf.Graph().as_default():
     outfeed = v1.FIFOQueue(4, [tf.int32], shapes=[[]], name='outfeed')
@@ -777,12 +760,6 @@ def test_checkpoint_hook_needs_exactly_one_of_steps_and_secs(tmp_path, kwargs):
   assert 'save_secs=%r' % kwargs.get('save_secs') in str(raised.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='BUG: CheckpointHook does not validate save_steps / save_secs: '
-    'save_steps=0 or a negative value is accepted (and saves after every '
-    'loop), against the rule that constructor arguments are checked at once '
-    'with a ValueError naming the bad value.')
 @pytest.mark.parametrize('kwargs, pattern', [
     (dict(save_steps=0), r'save_steps.*\b0\b'),
     (dict(save_steps=-5), r'save_steps.*-5'),
