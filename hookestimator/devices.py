@@ -26,7 +26,8 @@ class Device(object):
   def __init__(self, kind, list_devices=compat.physical_devices):
     self.kind = kind
     self._list_devices = list_devices
-    self.model_device = '/device:%s:0' % kind.upper()
+    # On TPU the whole loop is one TPU program; nothing is placed by hand.
+    self.model_device = None if kind == 'tpu' else '/device:%s:0' % kind.upper()
     self.init_graph = None
     self._init_op = None
     self._shutdown_op = None

@@ -152,25 +152,28 @@ class HookEstimator(object):
     with tf.device(feed.HOST_DEVICE):
       dataset = _call_with_optional(input_fn, (), {'params': params,
                                                    'config': config})
-    infeed = feed.HostInfeed(dataset, self._train_batch_size)
-    outfeed = feed.HostOutfeed()
+    infeed, outfeed = feed.make_feeds(device.kind, dataset,
+                                      self._train_batch_size)
     device_loop = loop_lib.DeviceLoop(
         global_step, infeed, outfeed,
         lambda features, labels, mode: self._call_model_fn(
             features, labels, mode, params),
-        device.model_device)
+        device)
     writer = v1.summary.FileWriterCache.get(self.model_dir)
     reader = OutfeedReader(outfeed, device_loop.host_call, writer)
     scaffold = self._scaffold(device_loop.spec, [infeed.initializer] +
                               reader.init_ops)
     rendezvous = ErrorRendezvous()
     loop_state = loop_lib.LoopState()
+    # Hardware feeds (TPU) have no close ops: an error closes the session.
+    closable = infeed.close_op is not None
+    cancel_ops = [infeed.close_op, outfeed.cancel_op] if closable else None
     feeding = hooks_lib.InfeedOutfeedHook(
         loop_state, infeed, reader, rendezvous,
-        drain_ops=[infeed.close_op, outfeed.close_op],
-        cancel_ops=[infeed.close_op, outfeed.cancel_op])
+        drain_ops=[infeed.close_op, outfeed.close_op] if closable else (),
+        cancel_ops=cancel_ops)
     device_system = hooks_lib.DeviceSystemHook(
-        device, close_ops=[infeed.close_op, outfeed.cancel_op],
+        device, close_ops=cancel_ops or (),
         session_config=config.session_config)
     # Order matters for end(): the feeding hook drains and joins its
     # threads before the checkpoint hook writes the final checkpoint and

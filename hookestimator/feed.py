@@ -1,6 +1,7 @@
-"""Infeed and outfeed queues on the host, and the host-side enqueue loop.
+"""Infeed and outfeed queues per device kind, and the host-side enqueue loop.
 
-On CPU and GPU both feeds are FIFOQueues placed on the host CPU. The
+On CPU and GPU both feeds are FIFOQueues placed on the host CPU; on TPU
+they are the hardware infeed and outfeed. The
 infeed's `enqueue_loop` moves `count` batches from the dataset iterator into
 the queue in ONE session.run (a host-side while_loop); the device loop
 dequeues one batch per step. The outfeed carries each step's values back,
@@ -71,12 +72,11 @@ class HostInfeed(object):
   def __init__(self, dataset, batch_size):
     types, shapes = dataset_structure(dataset, batch_size)
     self._structure = shapes
+    self._types = tf.nest.flatten(types)
     self._shapes = tf.nest.flatten(shapes)
     with tf.device(HOST_DEVICE), v1.name_scope('infeed'):
       self._iterator = v1.data.make_initializable_iterator(dataset)
-      self._queue = v1.FIFOQueue(
-          INFEED_CAPACITY, tf.nest.flatten(types), shapes=self._shapes,
-          name='infeed_queue')
+      self._make_queue()
       self.count = v1.placeholder(tf.int32, [], name='count')
 
       def enqueue_one(i):
@@ -84,24 +84,35 @@ class HostInfeed(object):
         # batch i is enqueued, so the end of input loses no batch.
         with tf.control_dependencies([i]):
           batch = self._iterator.get_next()
-        with tf.control_dependencies([self._queue.enqueue(
-            tf.nest.flatten(batch))]):
+        with tf.control_dependencies([self._enqueue(tf.nest.flatten(batch))]):
           return i + 1
 
       self.enqueue_loop = v1.while_loop(
           lambda i: i < self.count, enqueue_one, [tf.constant(0)],
           parallel_iterations=1, back_prop=False, name='enqueue_loop')
-      self.close_op = self._queue.close(cancel_pending_enqueues=True)
+      self.close_op = self._make_close_op()
     self.initializer = self._iterator.initializer
+
+  def _make_queue(self):
+    self._queue = v1.FIFOQueue(INFEED_CAPACITY, self._types,
+                               shapes=self._shapes, name='infeed_queue')
+
+  def _enqueue(self, flat):
+    return self._queue.enqueue(flat)
+
+  def _dequeue_flat(self):
+    flat = self._queue.dequeue(name='infeed_dequeue')
+    return list(flat) if isinstance(flat, (list, tuple)) else [flat]
+
+  def _make_close_op(self):
+    return self._queue.close(cancel_pending_enqueues=True)
 
   def dequeue(self):
     """One batch as (features, labels), for use inside the device loop."""
-    flat = self._queue.dequeue(name='infeed_dequeue')
-    if not isinstance(flat, (list, tuple)):
-      flat = [flat]
+    flat = self._dequeue_flat()
     for tensor, shape in zip(flat, self._shapes):
       tensor.set_shape(shape)
-    return tf.nest.pack_sequence_as(self._structure, list(flat))
+    return tf.nest.pack_sequence_as(self._structure, flat)
 
   def run_loop(self, session, count):
     """Enqueues `count` batches; returns False when the input has ended.
@@ -123,30 +134,115 @@ class HostOutfeed(object):
 
   def __init__(self):
     self._queue = None
+    self._types = None
+    self._shapes = None
     self.count = None
 
   def enqueue(self, values):
     """Enqueues one step's `values`; called inside the device loop."""
     values = list(values)
-    if self._queue is None:
+    if self._types is None:
+      self._types = [v.dtype for v in values]
+      self._shapes = [v.shape for v in values]
       # The queue is created outside the loop being built.
       with v1.init_scope(), tf.device(HOST_DEVICE):
-        self._queue = v1.FIFOQueue(
-            OUTFEED_CAPACITY, [v.dtype for v in values],
-            shapes=[v.shape for v in values], name='outfeed_queue')
+        self._make_queue()
+    return self._enqueue(values)
+
+  def _make_queue(self):
+    self._queue = v1.FIFOQueue(OUTFEED_CAPACITY, self._types,
+                               shapes=self._shapes, name='outfeed_queue')
+
+  def _enqueue(self, values):
     return self._queue.enqueue(values, name='outfeed_enqueue')
 
   def build_host_ops(self):
     """Builds the host-side dequeue and close ops; call after the loop."""
-    if self._queue is None:
+    if self._types is None:
       raise RuntimeError('the device loop enqueued nothing to the outfeed')
     with tf.device(HOST_DEVICE), v1.name_scope('outfeed'):
       self.count = v1.placeholder(tf.int32, [], name='count')
-      self.dequeue_op = self._queue.dequeue_up_to(self.count,
-                                                  name='outfeed_dequeue')
-      if not isinstance(self.dequeue_op, (list, tuple)):
-        self.dequeue_op = [self.dequeue_op]
-      # Closing without cancelling lets the host drain what the device put
-      # in before the close; cancelling also unblocks a full queue.
-      self.close_op = self._queue.close(cancel_pending_enqueues=False)
-      self.cancel_op = self._queue.close(cancel_pending_enqueues=True)
+      self.dequeue_op = self._dequeue_up_to(self.count)
+      self._make_close_ops()
+
+  def _dequeue_up_to(self, count):
+    values = self._queue.dequeue_up_to(count, name='outfeed_dequeue')
+    return list(values) if isinstance(values, (list, tuple)) else [values]
+
+  def _make_close_ops(self):
+    # Closing without cancelling lets the host drain what the device put
+    # in before the close; cancelling also unblocks a full queue.
+    self.close_op = self._queue.close(cancel_pending_enqueues=False)
+    self.cancel_op = self._queue.close(cancel_pending_enqueues=True)
+
+
+class TpuInfeed(HostInfeed):
+  """The TPU's hardware infeed: the host enqueues, the TPU program dequeues.
+
+  A hardware queue cannot be closed: when the input ends, or a thread
+  fails, the device can only be unblocked by closing the session.
+  """
+
+  def _make_queue(self):
+    self._queue = None
+
+  def _enqueue(self, flat):
+    return tf.raw_ops.InfeedEnqueueTuple(inputs=flat, shapes=self._shapes,
+                                         device_ordinal=0)
+
+  def _dequeue_flat(self):
+    return list(tf.raw_ops.InfeedDequeueTuple(dtypes=self._types,
+                                              shapes=self._shapes))
+
+  def _make_close_op(self):
+    return None
+
+  def run_loop(self, session, count):
+    try:
+      session.run(self.enqueue_loop, {self.count: count})
+      return True
+    except tf.errors.OutOfRangeError:
+      raise InputEndedError(
+          'The input ended inside a loop of %d steps. A TPU program waits on '
+          'its hardware infeed until it is fed, so on TPU the dataset must '
+          'outlast training: repeat it, or train for fewer steps.' % count)
+
+
+class InputEndedError(RuntimeError):
+  """The input ended where the device cannot stop early."""
+
+
+class TpuOutfeed(HostOutfeed):
+  """The TPU's hardware outfeed, dequeued on the host step by step inside
+  one host-side while_loop per loop."""
+
+  def _make_queue(self):
+    self._queue = None
+
+  def _enqueue(self, values):
+    return tf.raw_ops.OutfeedEnqueueTuple(inputs=values)
+
+  def _dequeue_up_to(self, count):
+    def dequeue_one(i, arrays):
+      with tf.control_dependencies([i]):
+        values = tf.raw_ops.OutfeedDequeueTuple(
+            dtypes=self._types, shapes=self._shapes, device_ordinal=0)
+      return i + 1, [a.write(i, v) for a, v in zip(arrays, values)]
+
+    arrays = [tf.TensorArray(dtype, size=count, element_shape=shape)
+              for dtype, shape in zip(self._types, self._shapes)]
+    _, arrays = v1.while_loop(lambda i, _: i < count, dequeue_one,
+                              [tf.constant(0), arrays],
+                              parallel_iterations=1, back_prop=False)
+    return [a.stack() for a in arrays]
+
+  def _make_close_ops(self):
+    self.close_op = None
+    self.cancel_op = None
+
+
+def make_feeds(kind, dataset, batch_size):
+  """The (infeed, outfeed) pair for device kind 'cpu', 'gpu' or 'tpu'."""
+  if kind == 'tpu':
+    return TpuInfeed(dataset, batch_size), TpuOutfeed()
+  return HostInfeed(dataset, batch_size), HostOutfeed()

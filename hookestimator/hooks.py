@@ -134,7 +134,9 @@ class InfeedOutfeedHook(v1.train.SessionRunHook):
   both have stopped. At the end `drain_ops` close the queues so that the
   outfeed thread takes what is left and stops (a loop cut short by the end
   of input sends fewer steps than signalled); on an error `cancel_ops` also
-  unblock any pending queue op.
+  unblock any pending queue op. `cancel_ops=None` says no op can unblock
+  the queues (a TPU's hardware feeds): on an error the session is closed,
+  which cancels every pending run.
   """
 
   def __init__(self, loop_state, infeed, reader, rendezvous, drain_ops=(),
@@ -144,7 +146,7 @@ class InfeedOutfeedHook(v1.train.SessionRunHook):
     self._reader = reader
     self._rendezvous = rendezvous
     self._drain_ops = list(drain_ops)
-    self._cancel_ops = list(cancel_ops)
+    self._cancel_ops = None if cancel_ops is None else list(cancel_ops)
     self._join_timeout = join_timeout
     self._controllers = []
     self._session = None
@@ -195,7 +197,11 @@ class InfeedOutfeedHook(v1.train.SessionRunHook):
       controller.join(self._join_timeout)
 
   def _cancel_queues(self):
-    if self._session is not None and self._cancel_ops:
+    if self._session is None:
+      return
+    if self._cancel_ops is None:
+      self._session.close()
+    elif self._cancel_ops:
       self._session.run(self._cancel_ops)
 
 

@@ -5,6 +5,7 @@ each step dequeues a batch from the infeed, runs the model's train_op and
 enqueues the step's values (global step, loss, host_call tensors) to the
 outfeed.
 """
+import contextlib
 import threading
 
 import tensorflow as tf
@@ -61,8 +62,7 @@ class DeviceLoop(object):
       the host_call tensors).
   """
 
-  def __init__(self, global_step, infeed, outfeed, call_model_fn,
-               model_device):
+  def __init__(self, global_step, infeed, outfeed, call_model_fn, device):
     self.iterations = v1.placeholder(tf.int32, [], name='iterations')
     self.spec = None
     self.host_call = None
@@ -72,7 +72,8 @@ class DeviceLoop(object):
         step_value = global_step.read_value()
       with tf.control_dependencies([step_value]):
         features, labels = infeed.dequeue()
-      with tf.device(model_device):
+      with (tf.device(device.model_device) if device.model_device else
+            contextlib.nullcontext()):
         self.spec = spec_lib.as_hook_spec(
             call_model_fn(features, labels, tf.estimator.ModeKeys.TRAIN))
         spec_lib.check_train_spec(self.spec)
@@ -86,13 +87,21 @@ class DeviceLoop(object):
         with tf.control_dependencies([enqueue, self.spec.train_op]):
           return i + 1, tf.cast(self.spec.loss, tf.float32)
 
+    def device_loop(iterations):
+      return v1.while_loop(
+          lambda i, _: i < iterations, step,
+          [tf.constant(0), tf.constant(0.0)],
+          parallel_iterations=1, name='device_loop')
+
     # Resource variables, so that variables made inside the loop body are
     # created outside it (their initialisers cannot live in a loop).
     with v1.variable_scope(v1.get_variable_scope(), use_resource=True):
-      steps_done, self.last_loss = v1.while_loop(
-          lambda i, _: i < self.iterations, step,
-          [tf.constant(0), tf.constant(0.0)],
-          parallel_iterations=1, name='device_loop')
+      if device.kind == 'tpu':
+        # One TPU program runs the whole loop; its size is an input.
+        steps_done, self.last_loss = v1.tpu.rewrite(device_loop,
+                                                    [self.iterations])
+      else:
+        steps_done, self.last_loss = device_loop(self.iterations)
     with tf.control_dependencies([steps_done, self.last_loss]):
       self.global_step_after = global_step.read_value()
     self.train_op = self.global_step_after.op

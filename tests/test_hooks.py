@@ -362,6 +362,36 @@ def test_feeding_hook_signals_both_controllers_in_order_and_joins_at_end():
   assert reader.flushes == [(id(session), [4, 4, 2], 0)]
 
 
+class ClosableSession(FakeSession):
+
+  def __init__(self):
+    super(ClosableSession, self).__init__()
+    self.closed = threading.Event()
+
+  def close(self):
+    self.closed.set()
+
+
+def test_feeding_hook_without_cancel_ops_closes_the_session_on_an_error():
+  """Hardware feeds (TPU) cannot be closed: the session is, which cancels
+  the device run blocked on them."""
+  loop_state = loop_lib.LoopState()
+  error = FeedError('input broke')
+  infeed, reader = FakeInfeed(fail_on_loop=1, error=error), FakeReader()
+  session = ClosableSession()
+  rendezvous = ErrorRendezvous()
+  hook = _feeding_hook(loop_state, infeed, reader, rendezvous, cancel_ops=None)
+  hook.after_create_session(session, v1.train.Coordinator())
+  try:
+    _signal_loops(hook, loop_state, [4])
+    assert session.closed.wait(TIMEOUT)
+  finally:
+    with pytest.raises(FeedError, match='input broke'):
+      hook.end(session)
+  assert _controller_threads() == []
+  assert session.runs == []
+
+
 def test_feeding_hook_end_reraises_an_infeed_error_and_joins():
   loop_state = loop_lib.LoopState()
   error = FeedError('bad record in batch 6')
