@@ -58,8 +58,9 @@ class DeviceLoop(object):
     last_loss: the loss of the loop's last step.
     spec: the HookEstimatorSpec the model_fn returned.
     host_call: the validated HostCall, or None.
-    outfeed_names: what each outfed value is ('global_step', 'loss', then
-      the host_call tensors).
+
+  Each step outfeeds [global step at the step's start, loss, *host_call
+  tensors], after the step's train_op has run.
   """
 
   def __init__(self, global_step, infeed, outfeed, call_model_fn, device):
