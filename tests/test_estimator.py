@@ -245,3 +245,25 @@ def test_latest_checkpoint_none_and_variables_need_a_checkpoint(
   assert est.latest_checkpoint() is None
   with pytest.raises(ValueError, match='no checkpoint'):
     est.get_variable_names()
+
+
+def test_dict_features_and_labels(make_estimator):
+  def dict_input_fn(params):
+    return dataset_of(64, params['batch_size']).map(
+        lambda x, y: ({'left': x[:, :2], 'right': x[:, 2:]}, {'class': y}))
+
+  def model_fn(features, labels, mode, params):
+    joined = tf.concat([features['left'], features['right']], axis=1)
+    return linear_model_fn(joined, labels['class'], mode, params)
+  est = make_estimator(model_fn=model_fn, iterations_per_loop=3)
+  est.train(dict_input_fn, steps=5)
+  assert est.get_variable_value('global_step') == 5
+
+
+def test_wrong_batch_names_the_dict_component(make_estimator):
+  def dict_input_fn(params):
+    return dataset_of(64, params['batch_size']).map(
+        lambda x, y: ({'left': x[:, :2], 'right': x[1:, 2:]}, y))
+  est = make_estimator(iterations_per_loop=3)
+  with pytest.raises(ValueError, match=r"features\['right'\].*\(7, 2\)"):
+    est.train(dict_input_fn, steps=5)

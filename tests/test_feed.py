@@ -1,0 +1,72 @@
+"""The host infeed and outfeed queues and the enqueue loop."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from hookestimator import feed
+
+v1 = tf.compat.v1
+
+
+def _numbered_batches(num_batches, batch_size=2):
+  """Batch i holds the value i in every element."""
+  return tf.data.Dataset.range(num_batches).map(
+      lambda i: (tf.fill([batch_size, 3], tf.cast(i, tf.float32)),
+                 tf.fill([batch_size], i)))
+
+
+def _run_with_timeout(session, fetches, millis=500):
+  return session.run(fetches,
+                     options=v1.RunOptions(timeout_in_ms=millis))
+
+
+def test_one_run_enqueues_a_whole_loop_of_batches_in_order():
+  with tf.Graph().as_default():
+    infeed = feed.HostInfeed(_numbered_batches(20), batch_size=2)
+    features, labels = infeed.dequeue()
+    with v1.Session() as session:
+      session.run(infeed.initializer)
+      assert infeed.run_loop(session, 5) is True
+      got = [int(session.run(labels)[0]) for _ in range(5)]
+      assert got == [0, 1, 2, 3, 4]
+      # Exactly five were enqueued: a sixth dequeue finds nothing.
+      with pytest.raises(tf.errors.DeadlineExceededError):
+        _run_with_timeout(session, labels)
+      assert infeed.run_loop(session, 3) is True
+      assert [int(session.run(labels)[0]) for _ in range(3)] == [5, 6, 7]
+      assert features.shape.as_list() == [2, 3]
+
+
+def test_end_of_input_keeps_every_enqueued_batch_then_closes():
+  with tf.Graph().as_default():
+    infeed = feed.HostInfeed(_numbered_batches(4), batch_size=2)
+    _, labels = infeed.dequeue()
+    with v1.Session() as session:
+      session.run(infeed.initializer)
+      assert infeed.run_loop(session, 3) is True
+      assert infeed.run_loop(session, 3) is False  # only one batch was left
+      got = [int(_run_with_timeout(session, labels)[0]) for _ in range(4)]
+      assert got == [0, 1, 2, 3]
+      with pytest.raises(tf.errors.OutOfRangeError):
+        _run_with_timeout(session, labels)
+
+
+def test_outfeed_gives_back_a_loop_in_step_order_and_drains_after_close():
+  with tf.Graph().as_default():
+    outfeed = feed.HostOutfeed()
+    step = v1.placeholder(tf.int64, [])
+    values = v1.placeholder(tf.float32, [2])
+    enqueue = outfeed.enqueue([step, values])
+    outfeed.build_host_ops()
+    with v1.Session() as session:
+      for i in range(5):
+        session.run(enqueue, {step: i, values: [i, -i]})
+      steps, stacked = session.run(outfeed.dequeue_op, {outfeed.count: 3})
+      assert list(steps) == [0, 1, 2]
+      np.testing.assert_array_equal(stacked, [[0, 0], [1, -1], [2, -2]])
+      session.run(outfeed.close_op)
+      # A loop cut short: up to 10 asked, the 2 left come back.
+      steps, _ = session.run(outfeed.dequeue_op, {outfeed.count: 10})
+      assert list(steps) == [3, 4]
+      with pytest.raises(tf.errors.OutOfRangeError):
+        session.run(outfeed.dequeue_op, {outfeed.count: 1})
