@@ -6,7 +6,7 @@
 - InfeedOutfeedHook: signals the infeed and outfeed controllers with each
   loop's size; joins them at the end and re-raises their errors.
 - ThroughputHook: per-loop step, loss, time and speed, logged and written
-  as TensorBoard scalars.
+  as TensorBoard scalars every log_step_count_steps steps.
 """
 import logging
 import time
@@ -206,9 +206,12 @@ class InfeedOutfeedHook(v1.train.SessionRunHook):
 
 
 class ThroughputHook(v1.train.SessionRunHook):
-  """Per loop: global step, loss, loop time, examples/sec and
-  global_step/sec, written as TensorBoard scalars and logged every
-  `log_step_count_steps` steps."""
+  """Measures every loop (`last`: global step, loss, loop time, speeds) and
+  reports once at least `log_step_count_steps` steps have run since the last
+  report: a log line and TensorBoard scalars at the loop's final step, the
+  speeds averaged over the loops reported. With loops of at least
+  `log_step_count_steps` steps that is every loop; shorter loops are not
+  each worth a line and an event."""
 
   def __init__(self, batch_size, log_step_count_steps, global_step_after,
                last_loss, writer, clock=time.monotonic):
@@ -220,12 +223,12 @@ class ThroughputHook(v1.train.SessionRunHook):
     self._clock = clock
     self._start = None
     self._last_step = None
-    self._last_logged_step = None
+    self._span_steps = 0
+    self._span_seconds = 0.0
     self.last = None
 
   def after_create_session(self, session, coord):
     self._last_step = int(session.run(v1.train.get_global_step()))
-    self._last_logged_step = self._last_step
 
   def before_run(self, run_context):
     self._start = self._clock()
@@ -244,16 +247,23 @@ class ThroughputHook(v1.train.SessionRunHook):
         'global_step/sec': steps / seconds,
         'examples/sec': steps * self._batch_size / seconds,
     }
+    self._span_steps += steps
+    self._span_seconds += seconds
+    if self._span_steps >= self._log_every:
+      self._report(step, loss, seconds)
+
+  def _report(self, step, loss, loop_seconds):
+    steps_per_sec = self._span_steps / self._span_seconds
+    examples_per_sec = steps_per_sec * self._batch_size
+    self._span_steps, self._span_seconds = 0, 0.0
     summary = v1.Summary()
-    for tag in ('loop_seconds', 'global_step/sec', 'examples/sec'):
-      summary.value.add(tag=tag, simple_value=self.last[tag])
+    summary.value.add(tag='loop_seconds', simple_value=loop_seconds)
+    summary.value.add(tag='global_step/sec', simple_value=steps_per_sec)
+    summary.value.add(tag='examples/sec', simple_value=examples_per_sec)
     self._writer.add_summary(summary, step)
-    if step - self._last_logged_step >= self._log_every:
-      self._last_logged_step = step
-      log.info('global_step = %d, loss = %.6g, loop = %.3f s, '
-               'examples/sec = %.1f, global_step/sec = %.2f', step, loss,
-               seconds, self.last['examples/sec'],
-               self.last['global_step/sec'])
+    log.info('global_step = %d, loss = %.6g, loop = %.3f s, '
+             'examples/sec = %.1f, global_step/sec = %.2f', step, loss,
+             loop_seconds, examples_per_sec, steps_per_sec)
 
   def end(self, session):
     self._writer.flush()

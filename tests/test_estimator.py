@@ -135,7 +135,7 @@ def _host_call_dict(loss, global_step):
 
 
 def test_host_call_dict_is_written_as_scalars_at_each_step(make_estimator):
-  est = make_estimator(iterations_per_loop=4,
+  est = make_estimator(iterations_per_loop=4, log_step_count_steps=1,
                        params={'host_call': _host_call_dict})
   est.train(input_fn, steps=10)
   scalars = read_scalars(est.model_dir)
@@ -147,6 +147,15 @@ def test_host_call_dict_is_written_as_scalars_at_each_step(make_estimator):
   # Per-loop throughput scalars at the step each loop ended.
   assert sorted(scalars['examples/sec']) == [4, 8, 10]
   assert sorted(scalars['global_step/sec']) == [4, 8, 10]
+
+
+def test_short_loops_report_throughput_every_log_step_count_steps(
+    make_estimator):
+  est = make_estimator(iterations_per_loop=2, log_step_count_steps=5)
+  est.train(input_fn, steps=13)
+  scalars = read_scalars(est.model_dir)
+  assert sorted(scalars['examples/sec']) == [6, 12]
+  assert sorted(scalars['loss']) == list(range(13))
 
 
 def test_host_call_with_dict_tensors(make_estimator):

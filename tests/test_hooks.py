@@ -565,7 +565,8 @@ def test_throughput_hook_measures_each_loop():
 
 def test_throughput_hook_writes_summaries_at_each_loops_final_step():
   _, writer = _run_throughput_loops(
-      0, [4, 4, 2], [100.0, 102.0, 102.5, 103.5, 110.0, 110.25])
+      0, [4, 4, 2], [100.0, 102.0, 102.5, 103.5, 110.0, 110.25],
+      log_step_count_steps=1)
 
   assert [step for step, _ in writer.summaries] == [4, 8, 10]
   expected = [(2.0, 2.0, 16.0), (1.0, 4.0, 32.0), (0.25, 8.0, 64.0)]
@@ -578,8 +579,29 @@ def test_throughput_hook_writes_summaries_at_each_loops_final_step():
     assert values['examples/sec'] == pytest.approx(examples_per_sec)
 
 
+def test_throughput_hook_reports_short_loops_together():
+  # Loops of 4, 4, 2, 4 steps taking 1, 1, 1 and 2 seconds; reports once
+  # 5 or more steps have run: at step 8 (8 steps in 2 s) and at step 14
+  # (6 steps in 3 s).
+  lasts, writer = _run_throughput_loops(
+      0, [4, 4, 2, 4], [0.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 5.0],
+      log_step_count_steps=5)
+
+  assert [step for step, _ in writer.summaries] == [8, 14]
+  assert [values['global_step/sec'] for _, values in writer.summaries] == (
+      pytest.approx([4.0, 2.0]))
+  assert [values['examples/sec'] for _, values in writer.summaries] == (
+      pytest.approx([32.0, 16.0]))
+  assert [values['loop_seconds'] for _, values in writer.summaries] == (
+      pytest.approx([1.0, 2.0]))
+  # Every loop is still measured on its own.
+  assert [last['global_step/sec'] for last in lasts] == pytest.approx(
+      [4.0, 4.0, 2.0, 2.0])
+
+
 def test_throughput_hook_counts_steps_from_the_restored_step():
-  lasts, writer = _run_throughput_loops(3, [4], [0.0, 0.5], batch_size=2)
+  lasts, writer = _run_throughput_loops(3, [4], [0.0, 0.5], batch_size=2,
+                                        log_step_count_steps=1)
 
   assert lasts[0]['global_step'] == 7
   assert lasts[0]['global_step/sec'] == pytest.approx(8.0)
