@@ -175,11 +175,12 @@ class HookEstimator(object):
     device_system = hooks_lib.DeviceSystemHook(
         device, close_ops=cancel_ops or (),
         session_config=config.session_config)
-    # Order matters for end(): the feeding hook drains and joins its
-    # threads before the checkpoint hook writes the final checkpoint and
-    # before the device system hook, last, closes the queues for good and
-    # shuts the system down. The loop-size hook comes first so that every
-    # later before_run sees this loop's size.
+    # Order matters. The loop-size hook comes first, so that every later
+    # before_run sees this loop's size. At the end, the feeding hook drains
+    # and joins its threads, and raises any error they hit, before the
+    # checkpoint hook writes the final checkpoint (a failed run saves
+    # nothing more); the device system hook comes last, closing the queues
+    # for good and shutting the system down once nothing uses them.
     all_hooks = [
         hooks_lib.LoopSizeHook(loop_state, config.iterations_per_loop,
                                device_loop.iterations,
@@ -192,8 +193,7 @@ class HookEstimator(object):
                                  device_loop.last_loss, writer),
         CheckpointHook(self.model_dir, scaffold, device_loop.global_step_after,
                        save_steps=config.save_checkpoints_steps,
-                       save_secs=(None if config.save_checkpoints_steps else
-                                  config.save_checkpoints_secs)),
+                       save_secs=config.save_checkpoints_secs),
     ] + list(device_loop.spec.training_hooks) + user_hooks + [device_system]
     session_config = config.session_config or v1.ConfigProto(
         allow_soft_placement=True)
