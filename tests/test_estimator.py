@@ -276,3 +276,13 @@ def test_wrong_batch_names_the_dict_component(make_estimator):
   est = make_estimator(iterations_per_loop=3)
   with pytest.raises(ValueError, match=r"features\['right'\].*\(7, 2\)"):
     est.train(dict_input_fn, steps=5)
+
+
+def test_checkpoints_every_n_seconds_at_loop_boundaries(make_estimator):
+  # An interval shorter than any loop: a checkpoint at every loop boundary.
+  est = make_estimator(iterations_per_loop=2, save_checkpoints_steps=None,
+                       save_checkpoints_secs=1e-6)
+  est.train(input_fn, steps=6)
+  state = v1.train.get_checkpoint_state(est.model_dir)
+  kept = [os.path.basename(p) for p in state.all_model_checkpoint_paths]
+  assert kept == ['model.ckpt-2', 'model.ckpt-4', 'model.ckpt-6']
