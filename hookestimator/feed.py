@@ -124,9 +124,13 @@ class HostInfeed(object):
       session.run(self.enqueue_loop, {self.count: count})
       return True
     except tf.errors.OutOfRangeError:
-      log.info('Input ended; closing the infeed queue.')
-      session.run(self.close_op)
+      self._input_ended(session, count)
       return False
+
+  def _input_ended(self, session, count):
+    del count  # The loop is cut short wherever the input ended.
+    log.info('Input ended; closing the infeed queue.')
+    session.run(self.close_op)
 
 
 class HostOutfeed(object):
@@ -197,12 +201,8 @@ class TpuInfeed(HostInfeed):
   def _make_close_op(self):
     return None
 
-  def run_loop(self, session, count):
-    try:
-      session.run(self.enqueue_loop, {self.count: count})
-      return True
-    except tf.errors.OutOfRangeError:
-      raise InputEndedError(
+  def _input_ended(self, session, count):
+    raise InputEndedError(
           'The input ended inside a loop of %d steps. A TPU program waits on '
           'its hardware infeed until it is fed, so on TPU the dataset must '
           'outlast training: repeat it, or train for fewer steps.' % count)
