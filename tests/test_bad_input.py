@@ -173,21 +173,15 @@ def test_bad_model_fn_specs_rejected_before_anything_runs(
   _assert_untouched(est, files)
 
 
-@pytest.mark.skipif(bool(compat.physical_devices('GPU')),
-                    reason='this machine has a GPU')
-def test_gpu_requested_without_a_gpu(trained, make_estimator):
+@pytest.mark.parametrize('kind,match', [
+    ('gpu', "device='gpu'.*no GPU"),
+    ('tpu', 'needs a TPU host'),
+])
+def test_device_kind_this_machine_lacks(trained, make_estimator, kind, match):
+  if compat.physical_devices(kind.upper()):
+    pytest.skip('this machine has a %s' % kind.upper())
   est, files = trained
-  gpu = make_estimator(model_dir=est.model_dir, device='gpu')
-  with pytest.raises(DeviceNotFoundError, match="device='gpu'.*no GPU"):
-    gpu.train(input_fn, steps=3)
-  _assert_untouched(est, files)
-
-
-@pytest.mark.skipif(bool(compat.physical_devices('TPU')),
-                    reason='this machine has a TPU')
-def test_tpu_requested_without_a_tpu(trained, make_estimator):
-  est, files = trained
-  tpu = make_estimator(model_dir=est.model_dir, device='tpu')
-  with pytest.raises(DeviceNotFoundError, match='needs a TPU host'):
-    tpu.train(input_fn, steps=3)
+  missing = make_estimator(model_dir=est.model_dir, device=kind)
+  with pytest.raises(DeviceNotFoundError, match=match):
+    missing.train(input_fn, steps=3)
   _assert_untouched(est, files)

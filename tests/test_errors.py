@@ -36,21 +36,14 @@ def failing_input_fn(params):
 
 
 @pytest.mark.timeout(60)
-def test_input_pipeline_error(make_estimator):
-  est = make_estimator(iterations_per_loop=4)
+@pytest.mark.parametrize('iterations_per_loop,steps', [(4, 100), (1000, 5000)])
+def test_input_pipeline_error(make_estimator, iterations_per_loop, steps):
+  est = make_estimator(iterations_per_loop=iterations_per_loop)
   _train_expecting(est, tf.errors.InvalidArgumentError,
                    'input failed at batch', input_fn=failing_input_fn,
-                   steps=100)
+                   steps=steps)
   # Nothing was saved for a failed run past the last good state.
   assert est.latest_checkpoint() is None
-
-
-@pytest.mark.timeout(60)
-def test_input_pipeline_error_with_large_loops(make_estimator):
-  est = make_estimator(iterations_per_loop=1000)
-  _train_expecting(est, tf.errors.InvalidArgumentError,
-                   'input failed at batch', input_fn=failing_input_fn,
-                   steps=5000)
 
 
 @pytest.mark.timeout(60)
