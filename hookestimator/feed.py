@@ -203,9 +203,9 @@ class TpuInfeed(HostInfeed):
 
   def _input_ended(self, session, count):
     raise InputEndedError(
-          'The input ended inside a loop of %d steps. A TPU program waits on '
-          'its hardware infeed until it is fed, so on TPU the dataset must '
-          'outlast training: repeat it, or train for fewer steps.' % count)
+        'The input ended inside a loop of %d steps. A TPU program waits on '
+        'its hardware infeed until it is fed, so on TPU the dataset must '
+        'outlast training: repeat it, or train for fewer steps.' % count)
 
 
 class InputEndedError(RuntimeError):
