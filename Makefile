@@ -1,11 +1,12 @@
 # Builds one virtual environment per TensorFlow line and runs the project in it.
-#   make train    set up the TF 2.15 line and train the default example
+#   make train    set up the TF 2.15 line and train the default experiment
 #   make test     set up the TF 2.15 line and run the tests
 #   make test-tf1 the same tests on the TF 1.15 line (needs a Python 3.7)
 
 PYTHON311 ?= python3
 PYTHON37 ?= $(shell PYENV_VERSION=3.7.16 pyenv which python3 2>/dev/null || command -v python3.7)
-MODEL_DIR ?= runs/quickstart
+MODEL_DIR ?= runs/gpt2_tiny
+GIN_FILE ?= runs/gpt2_tiny.gin
 PYTEST_ARGS ?=
 
 .PHONY: train test test-tf1 venv venv-tf1 bench clean
@@ -29,7 +30,7 @@ venv-tf1: .venv37/.installed
 	touch $@
 
 train: venv
-	.venv/bin/python -m models.quickstart --model_dir $(MODEL_DIR)
+	.venv/bin/hookestimator train --gin_file=$(GIN_FILE) --model_dir=$(MODEL_DIR)
 
 test: venv
 	.venv/bin/python -m pytest -q $(PYTEST_ARGS) tests

@@ -11,5 +11,7 @@ setuptools.setup(
     python_requires='>=3.7',
     # TensorFlow itself is chosen per line by the Makefile (tensorflow-cpu
     # 2.15 on Python 3.11, tensorflow 1.15 on Python 3.7).
-    install_requires=['gin-config', 'six', 'numpy'],
+    install_requires=['gin-config', 'six', 'numpy', 'tqdm', 'scikit-learn'],
+    entry_points={'console_scripts': [
+        'hookestimator = hookestimator.main:run']},
 )

@@ -91,6 +91,10 @@ class HookEstimator(object):
   def params(self):
     return dict(self._params)
 
+  @property
+  def train_batch_size(self):
+    return self._train_batch_size
+
   def latest_checkpoint(self):
     """The path of the newest checkpoint in model_dir, or None."""
     return v1.train.latest_checkpoint(self.model_dir)

@@ -14,6 +14,23 @@ from hookestimator import spec as spec_lib
 from hookestimator.compat import v1
 
 
+# Graph collection holding [global step after the loop, last step's loss],
+# so that hooks outside the framework (a progress bar) can fetch them.
+LOOP_OUTPUTS = 'hookestimator_loop_outputs'
+
+
+def loop_outputs(graph=None):
+  """(global step after the loop, loss of its last step) of the training
+  loop in `graph` (the default graph when None)."""
+  graph = graph or v1.get_default_graph()
+  outputs = graph.get_collection(LOOP_OUTPUTS)
+  if len(outputs) != 2:
+    raise ValueError('The graph holds no hookestimator training loop (its '
+                     '%r collection has %d items, expected 2)' %
+                     (LOOP_OUTPUTS, len(outputs)))
+  return tuple(outputs)
+
+
 class LoopState(object):
   """The number of steps in the next device loop.
 
@@ -106,4 +123,6 @@ class DeviceLoop(object):
     with tf.control_dependencies([steps_done, self.last_loss]):
       self.global_step_after = global_step.read_value()
     self.train_op = self.global_step_after.op
+    v1.add_to_collection(LOOP_OUTPUTS, self.global_step_after)
+    v1.add_to_collection(LOOP_OUTPUTS, self.last_loss)
     outfeed.build_host_ops()

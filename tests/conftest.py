@@ -105,7 +105,7 @@ def read_scalars(model_dir):
       for value in event.summary.value:
         if value.HasField('simple_value'):
           number = value.simple_value
-        elif value.HasField('tensor'):
+        elif value.HasField('tensor') and value.tensor.dtype != tf.string:
           number = float(tf.make_ndarray(value.tensor))
         else:
           continue

@@ -1,0 +1,253 @@
+"""The `hookestimator` command: runs a gin-configured experiment.
+
+    hookestimator train --gin_file=runs/gpt2_tiny.gin --model_dir=runs/gpt2 \\
+        [--gin_param='experiment.train_steps = 500']
+
+Everything about the experiment comes from gin: the model (a factory from
+`models/`), the steps, the batch size, the loop size, checkpointing, hooks.
+The command adds only what gin must not hold: the mode and model_dir. The
+repository's `gin/` folder is on the gin search path, so the files in it
+are found from any directory. Bad configuration exits with status 2 before
+anything is trained; model_dir is only ever added to.
+"""
+import argparse
+import collections
+import difflib
+import inspect
+import logging
+import os
+import re
+import sys
+import uuid
+
+import gin
+import tensorflow as tf
+
+from hookestimator import config as config_lib
+from hookestimator import estimator as estimator_lib
+from hookestimator.compat import v1
+from hookestimator.progress import ProgressHook
+
+log = logging.getLogger(__name__)
+
+GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'gin')
+EXIT_CONFIG_ERROR = 2
+MODES = ('train',)
+
+# The root injection sites: the estimator and its run config (the
+# experiment function below and the model factories are the others).
+HookEstimator = gin.external_configurable(estimator_lib.HookEstimator,
+                                          module='hookestimator')
+RunConfig = gin.external_configurable(config_lib.RunConfig,
+                                      module='hookestimator')
+
+Experiment = collections.namedtuple('Experiment',
+                                    ['model', 'train_steps', 'hooks'])
+
+
+@gin.configurable
+def experiment(model=gin.REQUIRED, train_steps=gin.REQUIRED, hooks=()):
+  """What a run file configures.
+
+  Args:
+    model: a models.Model, from a model factory (`@gpt2()`).
+    train_steps: the global step training ends at; a run in a model_dir
+      already there does nothing more.
+    hooks: extra SessionRunHooks, built by gin (any configurable hook).
+  """
+  config_lib.check_positive_int('experiment.train_steps', train_steps)
+  return Experiment(model, train_steps, list(hooks))
+
+
+class ConfigError(Exception):
+  """Bad configuration, found before anything ran."""
+
+
+def _suggest(word, choices):
+  close = difflib.get_close_matches(word, list(choices), n=1)
+  return ' Did you mean %r?' % close[0] if close else ''
+
+
+def _configurable_names():
+  names = set()
+  for selector, _ in gin.config._REGISTRY.items():  # pylint: disable=protected-access
+    names.update([selector, selector.rsplit('.', 1)[-1]])
+  return names
+
+
+def _parameter_names(configurable):
+  match = gin.config._REGISTRY.get_match(configurable)  # pylint: disable=protected-access
+  if match is None:
+    return []
+  fn = match.wrapped
+  return [name for name in inspect.signature(
+      fn.__init__ if isinstance(fn, type) else fn).parameters
+          if name != 'self']
+
+
+def _explain_gin_error(error):
+  """gin's message, with a close match for a misspelt name."""
+  message = str(error)
+  unknown = re.search(r"No configurable matching '([^']+)'", message)
+  if unknown:
+    return message + _suggest(unknown.group(1), _configurable_names())
+  unknown = re.search(
+      r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'",
+      message)
+  if unknown:
+    return message + _suggest(unknown.group(2),
+                              _parameter_names(unknown.group(1)))
+  return message
+
+
+def _use_gin_dir():
+  """Puts GIN_DIR on gin's search path, once.
+
+  gin also looks for files inside importable Python packages, and a folder
+  in the working directory named like a gin folder (runs/, say) makes that
+  search crash; this command finds files only by path.
+  """
+  # pylint: disable=protected-access
+  gin.config._FILE_READERS[:] = [
+      entry for entry in gin.config._FILE_READERS
+      if entry[1] is not gin.resource_reader.system_path_file_exists]
+  if GIN_DIR not in gin.config._LOCATION_PREFIXES:
+    gin.add_config_file_search_path(GIN_DIR)
+
+
+def parse_gin(gin_files, gin_params):
+  """Parses the gin files (searched in GIN_DIR too) and bindings."""
+  _use_gin_dir()
+  for path in gin_files:
+    if not (os.path.isfile(path) or os.path.isfile(os.path.join(GIN_DIR,
+                                                                path))):
+      raise ConfigError('gin file %r not found in the current directory or '
+                        'in %s%s' % (path, GIN_DIR, _suggest(
+                            path, _gin_files_in(GIN_DIR))))
+  try:
+    gin.parse_config_files_and_bindings(gin_files, gin_params)
+  except (ValueError, IOError, ImportError, SyntaxError) as error:
+    raise ConfigError(_explain_gin_error(error))
+
+
+def _gin_files_in(root):
+  return [os.path.relpath(os.path.join(folder, name), root)
+          for folder, _, names in os.walk(root) for name in names
+          if name.endswith('.gin')]
+
+
+def check_writable(model_dir):
+  """Creates model_dir if needed and proves a file can be written in it."""
+  probe = os.path.join(model_dir, '.write_probe_%s' % uuid.uuid4().hex)
+  try:
+    tf.io.gfile.makedirs(model_dir)
+    with tf.io.gfile.GFile(probe, 'w') as f:
+      f.write('')
+    tf.io.gfile.remove(probe)
+  except (OSError, tf.errors.OpError) as error:
+    raise ConfigError('model_dir %r cannot be written: %s' %
+                      (model_dir, getattr(error, 'message', error)))
+
+
+def save_operative_config(model_dir, step):
+  """Writes gin's operative config as a file and a TensorBoard text
+  summary at `step`; returns the file's path."""
+  text = gin.operative_config_str()
+  path = os.path.join(model_dir, 'operative_config-%d.gin' % step)
+  with tf.io.gfile.GFile(path, 'w') as f:
+    f.write(text)
+  summary = v1.Summary()
+  value = summary.value.add(tag='gin/operative_config')
+  value.metadata.plugin_data.plugin_name = 'text'
+  value.tensor.CopyFrom(tf.make_tensor_proto(
+      '    ' + text.replace('\n', '\n    ')))  # markdown: keep as code
+  with tf.Graph().as_default():  # v1 writers refuse eager mode
+    writer = v1.summary.FileWriterCache.get(model_dir)
+  writer.add_summary(summary, step)
+  writer.flush()
+  return path
+
+
+def configure(argv):
+  """Parses the command line and gin; returns (args, experiment, estimator).
+
+  Raises ConfigError for any bad configuration.
+  """
+  args = _parser().parse_args(argv)
+  parse_gin(args.gin_file, args.gin_param)
+  check_writable(args.model_dir)
+  try:
+    exp = experiment()
+    estimator = HookEstimator(
+        exp.model.model_fn, config=RunConfig(model_dir=args.model_dir))
+  except (ValueError, TypeError, RuntimeError) as error:
+    raise ConfigError(_explain_gin_error(error))
+  return args, exp, estimator
+
+
+def train(exp, estimator, stream=None):
+  """Trains to exp.train_steps; returns the ProgressHook that watched."""
+  progress = ProgressHook(exp.train_steps, estimator.train_batch_size,
+                          stream=stream)
+  estimator.train(exp.model.train_input_fn, max_steps=exp.train_steps,
+                  hooks=[progress] + exp.hooks)
+  return progress
+
+
+def main(argv=None, stream=None):
+  """Runs the command; returns its exit status."""
+  logging.basicConfig(level=logging.INFO,
+                      format='%(asctime)s %(levelname)s %(message)s')
+  # The progress hook reports; the per-loop throughput lines would repeat it.
+  logging.getLogger('hookestimator.hooks').setLevel(logging.WARNING)
+  v1.logging.set_verbosity(v1.logging.ERROR)
+  try:
+    args, exp, estimator = configure(argv)
+  except ConfigError as error:
+    print('hookestimator: configuration error: %s' % error, file=sys.stderr)
+    return EXIT_CONFIG_ERROR
+  start_step = _checkpoint_step(estimator)
+  config_path = save_operative_config(args.model_dir, start_step)
+  progress = train(exp, estimator, stream)
+  _print_summary(estimator, config_path, progress)
+  return 0
+
+
+def _checkpoint_step(estimator):
+  if estimator.latest_checkpoint() is None:
+    return 0
+  return int(estimator.get_variable_value(v1.GraphKeys.GLOBAL_STEP))
+
+
+def _print_summary(estimator, config_path, progress):
+  step = _checkpoint_step(estimator)
+  print('\nTrained %s to global step %d%s.' % (
+      estimator.model_dir, step,
+      '' if progress.loss is None else ', loss %.4f' % progress.loss))
+  print('  checkpoint:       %s' % estimator.latest_checkpoint())
+  print('  operative config: %s' % config_path)
+  print('  TensorBoard:      tensorboard --logdir %s' % estimator.model_dir)
+  print('Run the same command again to resume; raise '
+        "--gin_param='experiment.train_steps=N' to train further.")
+
+
+def _parser():
+  parser = argparse.ArgumentParser(
+      prog='hookestimator', description='Runs a gin-configured experiment.')
+  parser.add_argument('mode', choices=MODES, help='what to run')
+  parser.add_argument('--gin_file', action='append', default=[],
+                      help='a gin file (repeatable); relative paths are also '
+                      'looked up in %s' % GIN_DIR)
+  parser.add_argument('--gin_param', action='append', default=[],
+                      help="a gin binding such as 'experiment.train_steps=100' "
+                      '(repeatable, applied after the files)')
+  parser.add_argument('--model_dir', required=True,
+                      help='where checkpoints, summaries and the operative '
+                      'config go')
+  return parser
+
+
+def run():
+  """The console script's entry point."""
+  sys.exit(main())

@@ -1,0 +1,161 @@
+"""The `hookestimator` command, end to end on tiny runs."""
+import glob
+import os
+import subprocess
+import sys
+
+import gin
+import pytest
+import tensorflow as tf
+
+from hookestimator import main as main_lib
+from hookestimator.compat import v1
+from tests.conftest import read_scalars
+
+TINY = ['--gin_file=runs/digits_mlp.gin', '--gin_param=TRAIN_STEPS = 60',
+        '--gin_param=RunConfig.iterations_per_loop = 20']
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def run_main(model_dir, *args):
+  gin.clear_config()
+  return main_lib.main(['train', '--model_dir=%s' % model_dir] + list(args))
+
+
+def checkpoint_step(model_dir):
+  path = v1.train.latest_checkpoint(str(model_dir))
+  return None if path is None else int(
+      v1.train.load_variable(path, 'global_step'))
+
+
+def text_summaries(model_dir):
+  texts = {}
+  for path in glob.glob(os.path.join(str(model_dir), 'events.out.tfevents*')):
+    for event in v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.metadata.plugin_data.plugin_name == 'text':
+          texts[(value.tag, event.step)] = tf.make_ndarray(
+              value.tensor).item().decode()
+  return texts
+
+
+def test_tiny_run_writes_checkpoint_operative_config_and_events(
+    tmp_path, capsys):
+  assert run_main(tmp_path, *TINY) == 0
+  assert checkpoint_step(tmp_path) == 60
+  with open(str(tmp_path / 'operative_config-0.gin')) as f:
+    operative = f.read()
+  assert 'experiment.model = @digits_mlp()' in operative
+  assert 'TRAIN_STEPS = 60' in operative
+  assert 'RunConfig.iterations_per_loop = 20' in operative
+  texts = text_summaries(tmp_path)
+  assert 'TRAIN_STEPS = 60' in texts[('gin/operative_config', 0)]
+  scalars = read_scalars(tmp_path)
+  assert sorted(scalars['loss']) == list(range(60))
+  assert sorted(scalars['train_accuracy']) == list(range(60))
+  out = capsys.readouterr().out
+  assert 'global step 60' in out
+  assert str(tmp_path / 'operative_config-0.gin') in out
+  assert 'tensorboard --logdir %s' % tmp_path in out
+
+
+def test_gin_params_override_the_files(tmp_path):
+  assert run_main(tmp_path, *(TINY + [
+      '--gin_param=RunConfig.save_checkpoints_steps = 20',
+      '--gin_param=RunConfig.keep_checkpoint_max = 0',
+      '--gin_param=HookEstimator.train_batch_size = 8'])) == 0
+  steps = sorted(int(p.split('-')[-1].split('.')[0]) for p in
+                 glob.glob(str(tmp_path / 'model.ckpt-*.index')))
+  assert steps == [20, 40, 60]
+  with open(str(tmp_path / 'operative_config-0.gin')) as f:
+    assert 'HookEstimator.train_batch_size = 8' in f.read()
+
+
+def test_second_run_resumes_and_keeps_the_first_runs_config(tmp_path):
+  assert run_main(tmp_path, *TINY) == 0
+  assert run_main(tmp_path, *(TINY + ['--gin_param=TRAIN_STEPS = 100'])) == 0
+  assert checkpoint_step(tmp_path) == 100
+  assert os.path.exists(str(tmp_path / 'operative_config-0.gin'))
+  with open(str(tmp_path / 'operative_config-60.gin')) as f:
+    assert 'TRAIN_STEPS = 100' in f.read()
+  # The resumed run trained steps 60..99 only.
+  assert sorted(read_scalars(tmp_path)['loss']) == list(range(100))
+
+
+def test_run_already_at_its_steps_trains_nothing(tmp_path):
+  assert run_main(tmp_path, *TINY) == 0
+  before = os.path.getmtime(str(tmp_path / 'model.ckpt-60.index'))
+  assert run_main(tmp_path, *TINY) == 0
+  assert checkpoint_step(tmp_path) == 60
+  assert os.path.getmtime(str(tmp_path / 'model.ckpt-60.index')) == before
+
+
+@pytest.mark.parametrize('args, expected', [
+    (['--gin_file=runs/digits_mpl.gin'],
+     ["gin file 'runs/digits_mpl.gin' not found",
+      "Did you mean 'runs/digits_mlp.gin'?"]),
+    (TINY + ['--gin_param=experiment.train_stepz = 5'],
+     ["Configurable 'experiment' doesn't have a parameter named "
+      "'train_stepz'", "Did you mean 'train_steps'?"]),
+    (TINY + ['--gin_param=RunConfg.iterations_per_loop = 5'],
+     ["No configurable matching 'RunConfg'", "Did you mean 'RunConfig'?"]),
+    (TINY + ['--gin_param=RunConfig.iterations_per_loop = 0'],
+     ['iterations_per_loop', '0']),
+    (TINY + ['--gin_param=TRAIN_STEPS = -3'],
+     ['experiment.train_steps', '-3']),
+    (['--gin_file=runs/gpt2_tiny.gin',
+      "--gin_param=gpt2.corpus_glob = '/nonexistent/**/*.txt'"],
+     ["corpus_glob '/nonexistent/**/*.txt' matches nothing"]),
+    (['--gin_param=experiment.train_steps = 5'],
+     ["Required bindings for `experiment` not provided in config: "
+      "['model']"]),
+])
+def test_bad_configuration_exits_2_before_training_and_loses_nothing(
+    tmp_path, capsys, args, expected):
+  assert run_main(tmp_path, *TINY) == 0
+  before = sorted(os.listdir(str(tmp_path)))
+  capsys.readouterr()
+  assert run_main(tmp_path, *args) == main_lib.EXIT_CONFIG_ERROR
+  err = capsys.readouterr().err
+  assert err.startswith('hookestimator: configuration error:')
+  for text in expected:
+    assert text in err
+  assert sorted(os.listdir(str(tmp_path))) == before
+  assert checkpoint_step(tmp_path) == 60
+
+
+def test_unwritable_model_dir_exits_2(tmp_path, capsys):
+  blocker = tmp_path / 'file'
+  blocker.write_text(u'not a directory')
+  model_dir = blocker / 'model'
+  assert run_main(model_dir, *TINY) == main_lib.EXIT_CONFIG_ERROR
+  assert 'model_dir %r cannot be written' % str(model_dir) in (
+      capsys.readouterr().err)
+  assert blocker.read_text() == u'not a directory'
+
+
+def test_gin_files_are_found_from_any_directory(tmp_path, monkeypatch):
+  monkeypatch.chdir(str(tmp_path))
+  assert run_main(tmp_path / 'model', *TINY) == 0
+  assert checkpoint_step(tmp_path / 'model') == 60
+
+
+def test_module_command_exit_codes(tmp_path):
+  def command(*args):
+    return subprocess.run(
+        [sys.executable, '-m', 'hookestimator', 'train',
+         '--model_dir=%s' % (tmp_path / 'model')] + list(args),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        universal_newlines=True, timeout=240, cwd=str(tmp_path))
+  ok = command(*TINY)
+  assert ok.returncode == 0, ok.stderr
+  assert 'global step 60' in ok.stdout
+  bad = command(*(TINY + ['--gin_param=experiment.nope = 1']))
+  assert bad.returncode == main_lib.EXIT_CONFIG_ERROR
+  assert "parameter named 'nope'" in bad.stderr
