@@ -228,8 +228,9 @@ def _print_summary(estimator, config_path, progress):
   print('  checkpoint:       %s' % estimator.latest_checkpoint())
   print('  operative config: %s' % config_path)
   print('  TensorBoard:      tensorboard --logdir %s' % estimator.model_dir)
-  print('Run the same command again to resume; raise '
-        "--gin_param='experiment.train_steps=N' to train further.")
+  print('The same command again resumes from the checkpoint; raise '
+        "experiment.train_steps (--gin_param='TRAIN_STEPS = N' with "
+        'runs/base.gin) to train further.')
 
 
 def _parser():
