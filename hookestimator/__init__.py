@@ -5,8 +5,12 @@ by host controller threads, with every moving part a SessionRunHook.
 """
 from hookestimator.config import RunConfig
 from hookestimator.estimator import HookEstimator
+from hookestimator.model_dir import CheckpointMismatchError
+from hookestimator.nan import NanLossError
+from hookestimator.signals import TrainingInterrupted
 from hookestimator.spec import HookEstimatorSpec
 from hookestimator.spec import ModeKeys
 
-__all__ = ['HookEstimator', 'HookEstimatorSpec', 'ModeKeys', 'RunConfig']
+__all__ = ['CheckpointMismatchError', 'HookEstimator', 'HookEstimatorSpec',
+           'ModeKeys', 'NanLossError', 'RunConfig', 'TrainingInterrupted']
 __version__ = '0.1.0'

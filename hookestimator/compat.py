@@ -32,3 +32,19 @@ def summary_writer_flush_ops(init_ops):
 def physical_devices(kind):
   """Names of the local physical devices of `kind` ('CPU', 'GPU', 'TPU')."""
   return [d.name for d in tf.config.experimental.list_physical_devices(kind)]
+
+
+# tf.data's ExternalStatePolicy.FAIL: an input pipeline with stateful ops
+# (random numbers drawn in a map) cannot be saved exactly, so saving fails.
+_FAIL_ON_EXTERNAL_STATE = 2
+
+
+def serialize_iterator(iterator_resource):
+  """The iterator's state as a variant tensor; running it fails for
+  pipelines whose state cannot be saved (TF 1.15 always fails for them;
+  TF 2.x is told to)."""
+  if IS_TF2:
+    return tf.raw_ops.SerializeIterator(
+        resource_handle=iterator_resource,
+        external_state_policy=_FAIL_ON_EXTERNAL_STATE)
+  return tf.raw_ops.SerializeIterator(resource_handle=iterator_resource)

@@ -46,6 +46,8 @@ class RunConfig(object):
     log_step_count_steps: log throughput every this many steps.
     session_config: a `tf.compat.v1.ConfigProto`, or None for soft placement.
     device: 'cpu', 'gpu' or 'tpu'.
+    check_nan_loss: fail training, naming the step, at the first step whose
+      loss is NaN or Inf (CPU and GPU; not inside a TPU program).
   """
 
   def __init__(self,
@@ -56,7 +58,8 @@ class RunConfig(object):
                keep_checkpoint_max=5,
                log_step_count_steps=100,
                session_config=None,
-               device='cpu'):
+               device='cpu',
+               check_nan_loss=True):
     if model_dir is not None:
       if not isinstance(model_dir, (str, os.PathLike)):
         raise TypeError('model_dir must be a path string or None, got %r' %
@@ -98,6 +101,10 @@ class RunConfig(object):
       raise ValueError('device must be one of %s, got %r' %
                        (', '.join(repr(k) for k in DEVICE_KINDS), device))
     self.device = device
+    if not isinstance(check_nan_loss, bool):
+      raise TypeError('check_nan_loss must be True or False, got %r' %
+                      (check_nan_loss,))
+    self.check_nan_loss = check_nan_loss
 
   def replace(self, **changes):
     """A copy of this config with `changes` applied (and validated)."""
@@ -110,7 +117,8 @@ class RunConfig(object):
         keep_checkpoint_max=self.keep_checkpoint_max,
         log_step_count_steps=self.log_step_count_steps,
         session_config=self.session_config,
-        device=self.device)
+        device=self.device,
+        check_nan_loss=self.check_nan_loss)
     fields.update(changes)
     if 'save_checkpoints_steps' in changes and 'save_checkpoints_secs' not in changes:
       fields['save_checkpoints_secs'] = None

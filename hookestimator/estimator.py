@@ -8,13 +8,22 @@ import tensorflow as tf
 
 from hookestimator import config as config_lib
 from hookestimator import devices
+from hookestimator import evaluation
+from hookestimator import export
 from hookestimator import feed
 from hookestimator import hooks as hooks_lib
+from hookestimator import inference
 from hookestimator import loop as loop_lib
+from hookestimator import model_dir as model_dir_lib
+from hookestimator import nan
+from hookestimator import prediction
+from hookestimator import signals
 from hookestimator.checkpoint import CheckpointHook
+from hookestimator.checkpoint import DefaultSaver
 from hookestimator.compat import v1
 from hookestimator.controller import ErrorRendezvous
 from hookestimator.host_call import OutfeedReader
+from hookestimator.input_position import is_input_position_key
 from hookestimator.spec import ModeKeys
 
 log = logging.getLogger(__name__)
@@ -45,9 +54,12 @@ class HookEstimator(object):
     params: a dict passed to model_fn and input_fn; 'batch_size' is set by
       the estimator.
     train_batch_size: the batch size input_fn must produce in training.
+    eval_batch_size, predict_batch_size: the batch sizes of evaluation and
+      prediction; train_batch_size when None.
   """
 
-  def __init__(self, model_fn, config=None, params=None, train_batch_size=32):
+  def __init__(self, model_fn, config=None, params=None, train_batch_size=32,
+               eval_batch_size=None, predict_batch_size=None):
     if not callable(model_fn):
       raise TypeError('model_fn must be callable, got %r' % (model_fn,))
     if 'features' not in _parameters(model_fn) and not any(
@@ -71,6 +83,12 @@ class HookEstimator(object):
             'from train_batch_size' % (key, params[key]))
     self._train_batch_size = config_lib.check_positive_int(
         'train_batch_size', train_batch_size)
+    self._eval_batch_size = config_lib.check_positive_int(
+        'eval_batch_size', eval_batch_size,
+        allow_none=True) or self._train_batch_size
+    self._predict_batch_size = config_lib.check_positive_int(
+        'predict_batch_size', predict_batch_size,
+        allow_none=True) or self._train_batch_size
     if config.model_dir is None:
       config = config.replace(model_dir=tempfile.mkdtemp(
           prefix='hookestimator_'))
@@ -95,6 +113,14 @@ class HookEstimator(object):
   def train_batch_size(self):
     return self._train_batch_size
 
+  @property
+  def eval_batch_size(self):
+    return self._eval_batch_size
+
+  @property
+  def predict_batch_size(self):
+    return self._predict_batch_size
+
   def latest_checkpoint(self):
     """The path of the newest checkpoint in model_dir, or None."""
     return v1.train.latest_checkpoint(self.model_dir)
@@ -109,7 +135,8 @@ class HookEstimator(object):
   def get_variable_names(self):
     """Names of the variables in the latest checkpoint."""
     return [name for name, _ in
-            v1.train.list_variables(self._require_checkpoint())]
+            v1.train.list_variables(self._require_checkpoint())
+            if not is_input_position_key(name)]
 
   def get_variable_value(self, name):
     """The value of variable `name` in the latest checkpoint (numpy)."""
@@ -134,6 +161,9 @@ class HookEstimator(object):
                                               allow_none=True)
     if not callable(input_fn):
       raise TypeError('input_fn must be callable, got %r' % (input_fn,))
+    if hooks is not None and not isinstance(hooks, (list, tuple)):
+      raise TypeError('hooks must be a list of SessionRunHooks, got %r' %
+                      (hooks,))
     user_hooks = list(hooks or ())
     for hook in user_hooks:
       if not isinstance(hook, v1.train.SessionRunHook):
@@ -148,27 +178,115 @@ class HookEstimator(object):
       self._train_graph(graph, input_fn, steps, max_steps, user_hooks)
     return self
 
-  def _train_graph(self, graph, input_fn, steps, max_steps, user_hooks):
+  def evaluate(self, input_fn, steps=None, hooks=None, checkpoint_path=None,
+               name=None):
+    """Evaluates the checkpoint (the latest when None) on input_fn's data.
+
+    Runs in loops of iterations_per_loop steps; with `steps=None` over the
+    whole dataset exactly once (a short last batch is padded and the
+    padding not counted), else over at most `steps` batches. Returns a dict
+    of the eval_metrics values, `loss` (when the spec has one) and
+    `global_step`, also written to TensorBoard in model_dir/eval (or
+    eval_<name>) at that step.
+    """
+    run = evaluation.Evaluation(self, input_fn, steps, hooks,
+                                checkpoint_path, name)
+    with run.graph.as_default():
+      _run_loops(run.session_creator, run.hooks, run.fetch, run.rendezvous,
+                 run.aborts)
+    return run.results()
+
+  def predict(self, input_fn, predict_keys=None, hooks=None,
+              checkpoint_path=None, yield_single_examples=True):
+    """A generator of the predictions for every example of input_fn's data,
+    in input order (a short last batch is padded and sliced back).
+
+    Yields per example (dicts of arrays, or arrays for a single predictions
+    tensor), or per batch with `yield_single_examples=False`. Arguments are
+    checked and the graph built at once; the session starts at the first
+    next(). Closing the generator early ends its threads and session.
+    """
+    run = prediction.Prediction(self, input_fn, predict_keys, hooks,
+                                checkpoint_path, yield_single_examples)
+    return _predictions(run)
+
+  def export_saved_model(self, export_dir_base, serving_input_receiver_fn,
+                         assets_extra=None, as_text=False,
+                         checkpoint_path=None):
+    """Writes a SavedModel for serving into a new timestamped directory
+    under export_dir_base, and returns that directory (a str)."""
+    return export.export_saved_model(self, export_dir_base,
+                                     serving_input_receiver_fn, assets_extra,
+                                     as_text, checkpoint_path)
+
+  def train_and_evaluate(self, train_input_fn, eval_input_fn, max_steps,
+                         eval_every_steps, eval_steps=None, hooks=None,
+                         name=None):
+    """Trains to `max_steps`, evaluating at every multiple of
+    `eval_every_steps`, at `max_steps`, and when the training input ends,
+    all in one graph and one session: the training graph is built and the
+    device system initialised once. (A stop asked for by a hook or a signal
+    ends without one more evaluation.)
+
+    Each evaluation reads the variables at that step and writes its results
+    to TensorBoard at that step (model_dir/eval or eval_<name>). Returns the
+    list of every evaluation's results, in order.
+    """
+    for label, fn in (('train_input_fn', train_input_fn),
+                      ('eval_input_fn', eval_input_fn)):
+      if not callable(fn):
+        raise TypeError('%s must be callable, got %r' % (label, fn))
+    max_steps = config_lib.check_positive_int('max_steps', max_steps)
+    eval_every_steps = config_lib.check_positive_int('eval_every_steps',
+                                                     eval_every_steps)
+    eval_steps = config_lib.check_positive_int('eval_steps', eval_steps,
+                                               allow_none=True)
+    name = evaluation.check_name(name)
+    user_hooks = inference.check_hooks(hooks)
+    if self._checkpoint_step() >= max_steps:
+      log.info('The checkpoint is at or past max_steps=%d; evaluating only',
+               max_steps)
+      return [self.evaluate(eval_input_fn, steps=eval_steps, name=name)]
+    built = []
+    add_on = evaluation.rounds_add_on(self, eval_input_fn, eval_steps,
+                                      eval_every_steps, max_steps, name, built)
+    with tf.Graph().as_default() as graph:
+      self._train_graph(graph, train_input_fn, None, max_steps, user_hooks,
+                        add_on=add_on)
+    return built[0].history
+
+  def _train_graph(self, graph, input_fn, steps, max_steps, user_hooks,
+                   add_on=None):
+    """Builds the training graph and runs it. `add_on(device, loop_state,
+    rendezvous, device_loop, infeed)`, when given, builds more of the graph
+    after the training loop and returns a hook that runs with the training
+    hooks (after the checkpoint hook), with `init_ops` and an `abort()`."""
     config = self._config
+    model_dir_lib.check_writable(self.model_dir)
     params = dict(self._params, batch_size=self._train_batch_size)
     device = devices.Device(config.device)
+    device.check()  # Before anything is written to model_dir.
     global_step = loop_lib.create_global_step(graph)
-    with tf.device(feed.HOST_DEVICE):
-      dataset = _call_with_optional(input_fn, (), {'params': params,
-                                                   'config': config})
+    dataset = self._call_input_fn(input_fn, params)
     infeed, outfeed = feed.make_feeds(device.kind, dataset,
                                       self._train_batch_size)
     device_loop = loop_lib.DeviceLoop(
         global_step, infeed, outfeed,
         lambda features, labels, mode: self._call_model_fn(
             features, labels, mode, params),
-        device)
+        device, check_nan_loss=config.check_nan_loss)
+    # Before anything is written to model_dir.
+    model_dir_lib.check_checkpoint_matches(self.latest_checkpoint(),
+                                           v1.global_variables())
     writer = v1.summary.FileWriterCache.get(self.model_dir)
     reader = OutfeedReader(outfeed, device_loop.host_call, writer)
-    scaffold = self._scaffold(device_loop.spec, [infeed.initializer] +
-                              reader.init_ops)
     rendezvous = ErrorRendezvous()
     loop_state = loop_lib.LoopState()
+    extra = (add_on(device, loop_state, rendezvous, device_loop, infeed)
+             if add_on is not None else None)
+    scaffold = self._scaffold(device_loop.spec, [infeed.initializer] +
+                              reader.init_ops +
+                              (extra.init_ops if extra else []))
     # Hardware feeds (TPU) have no close ops: an error closes the session.
     closable = infeed.close_op is not None
     cancel_ops = [infeed.close_op, outfeed.cancel_op] if closable else None
@@ -185,6 +303,11 @@ class HookEstimator(object):
     # checkpoint hook writes the final checkpoint (a failed run saves
     # nothing more); the device system hook comes last, closing the queues
     # for good and shutting the system down once nothing uses them.
+    checkpoints = CheckpointHook(
+        self.model_dir, scaffold, device_loop.global_step_after,
+        save_steps=config.save_checkpoints_steps,
+        save_secs=config.save_checkpoints_secs, infeed=infeed)
+    signal_stop = signals.SignalStop()
     all_hooks = [
         hooks_lib.LoopSizeHook(loop_state, config.iterations_per_loop,
                                device_loop.iterations,
@@ -195,18 +318,28 @@ class HookEstimator(object):
                                  config.log_step_count_steps,
                                  device_loop.global_step_after,
                                  device_loop.last_loss, writer),
-        CheckpointHook(self.model_dir, scaffold, device_loop.global_step_after,
-                       save_steps=config.save_checkpoints_steps,
-                       save_secs=config.save_checkpoints_secs),
-    ] + list(device_loop.spec.training_hooks) + user_hooks + [device_system]
+        checkpoints,
+        signals.SignalStopHook(signal_stop),
+    ] + ([extra] if extra else []) + list(device_loop.spec.training_hooks) + (
+        user_hooks + [device_system])
     session_config = config.session_config or v1.ConfigProto(
         allow_soft_placement=True)
     tf.io.gfile.makedirs(self.model_dir)
     creator = v1.train.ChiefSessionCreator(
         scaffold=scaffold, checkpoint_dir=self.model_dir,
         config=session_config)
-    _run_loops(creator, all_hooks, device_loop.train_op, rendezvous,
-               aborts=[feeding.abort, device_system.close])
+    with signal_stop:
+      _run_loops(creator, all_hooks, device_loop.train_op, rendezvous,
+                 aborts=[feeding.abort] + ([extra.abort] if extra else []) +
+                 [checkpoints.abort, device_system.close])
+    signal_stop.raise_if_stopped(self._checkpoint_step(),
+                                 self.latest_checkpoint())
+
+  def _call_input_fn(self, input_fn, params):
+    """input_fn's dataset, built on the host."""
+    with tf.device(feed.HOST_DEVICE):
+      return _call_with_optional(input_fn, (), {'params': params,
+                                                'config': self._config})
 
   def _call_model_fn(self, features, labels, mode, params):
     return _call_with_optional(
@@ -220,8 +353,7 @@ class HookEstimator(object):
                       'got %r' % (user,))
     saver = user.saver if user is not None else None
     if saver is None:
-      saver = v1.train.Saver(max_to_keep=self._config.keep_checkpoint_max,
-                             sharded=True, save_relative_paths=True)
+      saver = DefaultSaver(self._config.keep_checkpoint_max)
     user_local_init = user.local_init_op if user is not None else None
     local_init = tf.group(
         user_local_init if user_local_init is not None else
@@ -246,7 +378,20 @@ def _run_loops(creator, hooks, fetch, rendezvous, aborts):
   closes the queues first, then comes out with its original type and
   message.
   """
+  for _ in _loops(creator, hooks, fetch, rendezvous, aborts):
+    pass
+
+
+def _loops(creator, hooks, fetch, rendezvous, aborts):
+  """_run_loops as a generator of each loop's result. Closing it early
+  stops the controllers, closes the queues and the session (hooks' end()
+  does not run)."""
+  aborted = []
+
   def abort():
+    if aborted:
+      return  # Once: a second time would run ops on a closed session.
+    aborted.append(True)
     for stop in aborts:
       try:
         stop()
@@ -258,14 +403,48 @@ def _run_loops(creator, hooks, fetch, rendezvous, aborts):
   except BaseException:
     abort()
     raise
-  with session:
-    try:
-      while not session.should_stop():
-        session.run(fetch)
-    except BaseException as error:
-      if (isinstance(error, tf.errors.OutOfRangeError) and
-          rendezvous.error is None):
-        raise  # End of input: MonitoredSession ends cleanly, end() runs.
-      rendezvous.record('training loop', error)
-      abort()
-      raise rendezvous.error
+  try:
+    with session:
+      try:
+        while not session.should_stop():
+          yield session.run(fetch)
+      except GeneratorExit:
+        abort()
+        raise
+      except BaseException as error:
+        if (isinstance(error, tf.errors.OutOfRangeError) and
+            rendezvous.error is None):
+          raise  # End of input: MonitoredSession ends cleanly, end() runs.
+        rendezvous.record('training loop', nan.translate(error))
+        abort()
+        raise rendezvous.error
+  except BaseException:
+    # Also an error from a hook's end() as the session closed: whatever a
+    # later hook's end() would have stopped is stopped here.
+    abort()
+    raise
+
+
+_DONE = object()
+
+
+def _predictions(run):
+  """Yields a prediction.Prediction's results loop by loop.
+
+  The graph is the default only while this generator works, never while
+  the consumer holds a prediction. Closing the generator, or an error,
+  closes the loops: threads stopped, queues and session closed.
+  """
+  loops = _loops(run.session_creator, run.hooks, run.fetch, run.rendezvous,
+                 run.aborts)
+  try:
+    while True:
+      with run.graph.as_default():
+        if next(loops, _DONE) is _DONE:
+          return
+        results = run.take_loop()
+      for result in results:
+        yield result
+  finally:
+    with run.graph.as_default():
+      loops.close()

@@ -38,7 +38,9 @@ def dataset_structure(dataset, batch_size):
                      'pairs, got elements of structure %r' % (types,))
   paths = _flat_paths(shapes)
   for path, shape in zip(paths, tf.nest.flatten(shapes)):
-    if shape.ndims is None or shape.ndims < 1 or shape[0] != batch_size:
+    # dimension_value: on TF 1.15 an unknown Dimension compares as None.
+    if (shape.ndims is None or shape.ndims < 1 or
+        tf.compat.dimension_value(shape[0]) != batch_size):
       raise ValueError(
           'input_fn dataset component %s has shape %s; expected a static '
           'batch dimension equal to params["batch_size"] = %d (batch with '
@@ -92,6 +94,8 @@ class HostInfeed(object):
           parallel_iterations=1, back_prop=False, name='enqueue_loop')
       self.close_op = self._make_close_op()
     self.initializer = self._iterator.initializer
+    # Set once the dataset has run out (read after the infeed thread ended).
+    self.input_ended = False
 
   def _make_queue(self):
     self._queue = v1.FIFOQueue(INFEED_CAPACITY, self._types,
@@ -124,6 +128,7 @@ class HostInfeed(object):
       session.run(self.enqueue_loop, {self.count: count})
       return True
     except tf.errors.OutOfRangeError:
+      self.input_ended = True
       self._input_ended(session, count)
       return False
 

@@ -10,6 +10,7 @@ import threading
 
 import tensorflow as tf
 
+from hookestimator import nan
 from hookestimator import spec as spec_lib
 from hookestimator.compat import v1
 
@@ -65,6 +66,19 @@ def create_global_step(graph):
         collections=[v1.GraphKeys.GLOBAL_VARIABLES, v1.GraphKeys.GLOBAL_STEP])
 
 
+def run_on_device(device, device_loop, iterations, reuse=None):
+  """Builds `device_loop(iterations)` to run on `device`: on TPU as one TPU
+  program whose loop size is an input. `reuse=AUTO_REUSE` shares the
+  variables of a loop already built in the graph."""
+  # Resource variables, so that variables made inside the loop body are
+  # created outside it (their initialisers cannot live in a loop).
+  with v1.variable_scope(v1.get_variable_scope(), use_resource=True,
+                         reuse=reuse):
+    if device.kind == 'tpu':
+      return v1.tpu.rewrite(device_loop, [iterations])
+    return device_loop(iterations)
+
+
 class DeviceLoop(object):
   """The built training loop.
 
@@ -80,7 +94,8 @@ class DeviceLoop(object):
   tensors], after the step's train_op has run.
   """
 
-  def __init__(self, global_step, infeed, outfeed, call_model_fn, device):
+  def __init__(self, global_step, infeed, outfeed, call_model_fn, device,
+               check_nan_loss=False):
     self.iterations = v1.placeholder(tf.int32, [], name='iterations')
     self.spec = None
     self.host_call = None
@@ -95,7 +110,10 @@ class DeviceLoop(object):
         self.spec = spec_lib.as_hook_spec(
             call_model_fn(features, labels, tf.estimator.ModeKeys.TRAIN))
         spec_lib.check_train_spec(self.spec)
-        outfed = [step_value, self.spec.loss]
+        loss = self.spec.loss
+        if check_nan_loss and device.kind != 'tpu':
+          loss = nan.checked_loss(loss, step_value)
+        outfed = [step_value, loss]
         if self.spec.host_call is not None:
           self.host_call = spec_lib.HostCall(self.spec.host_call)
           outfed += self.host_call.tensors
@@ -111,15 +129,8 @@ class DeviceLoop(object):
           [tf.constant(0), tf.constant(0.0)],
           parallel_iterations=1, name='device_loop')
 
-    # Resource variables, so that variables made inside the loop body are
-    # created outside it (their initialisers cannot live in a loop).
-    with v1.variable_scope(v1.get_variable_scope(), use_resource=True):
-      if device.kind == 'tpu':
-        # One TPU program runs the whole loop; its size is an input.
-        steps_done, self.last_loss = v1.tpu.rewrite(device_loop,
-                                                    [self.iterations])
-      else:
-        steps_done, self.last_loss = device_loop(self.iterations)
+    steps_done, self.last_loss = run_on_device(device, device_loop,
+                                               self.iterations)
     with tf.control_dependencies([steps_done, self.last_loss]):
       self.global_step_after = global_step.read_value()
     self.train_op = self.global_step_after.op

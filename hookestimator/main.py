@@ -1,7 +1,12 @@
 """The `hookestimator` command: runs a gin-configured experiment.
 
-    hookestimator train --gin_file=runs/gpt2_tiny.gin --model_dir=runs/gpt2 \\
+    hookestimator MODE --gin_file=runs/gpt2_tiny.gin --model_dir=runs/gpt2 \\
         [--gin_param='experiment.train_steps = 500']
+
+MODE is train, evaluate (the latest checkpoint, on the model's held-out
+data), predict (writes the held-out predictions as JSON lines into
+model_dir) or train_and_evaluate (evaluating every
+experiment.eval_every_steps).
 
 Everything about the experiment comes from gin: the model (a factory from
 `models/`), the steps, the batch size, the loop size, checkpointing, hooks.
@@ -14,17 +19,19 @@ import argparse
 import collections
 import difflib
 import inspect
+import json
 import logging
 import os
 import re
 import sys
-import uuid
 
 import gin
+import numpy as np
 import tensorflow as tf
 
 from hookestimator import config as config_lib
 from hookestimator import estimator as estimator_lib
+from hookestimator import model_dir as model_dir_lib
 from hookestimator.compat import v1
 from hookestimator.progress import ProgressHook
 
@@ -33,7 +40,7 @@ log = logging.getLogger(__name__)
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'gin')
 EXIT_CONFIG_ERROR = 2
-MODES = ('train',)
+MODES = ('train', 'evaluate', 'predict', 'train_and_evaluate')
 
 # The root injection sites: the estimator and its run config (the
 # experiment function below and the model factories are the others).
@@ -42,22 +49,33 @@ HookEstimator = gin.external_configurable(estimator_lib.HookEstimator,
 RunConfig = gin.external_configurable(config_lib.RunConfig,
                                       module='hookestimator')
 
-Experiment = collections.namedtuple('Experiment',
-                                    ['model', 'train_steps', 'hooks'])
+Experiment = collections.namedtuple(
+    'Experiment', ['model', 'train_steps', 'hooks', 'eval_steps',
+                   'eval_every_steps'])
 
 
 @gin.configurable
-def experiment(model=gin.REQUIRED, train_steps=gin.REQUIRED, hooks=()):
+def experiment(model=gin.REQUIRED, train_steps=gin.REQUIRED, hooks=(),
+               eval_steps=None, eval_every_steps=None):
   """What a run file configures.
 
   Args:
     model: a models.Model, from a model factory (`@gpt2()`).
     train_steps: the global step training ends at; a run in a model_dir
-      already there does nothing more.
-    hooks: extra SessionRunHooks, built by gin (any configurable hook).
+      already there trains nothing more.
+    hooks: extra SessionRunHooks for training, built by gin (any
+      configurable hook).
+    eval_steps: batches per evaluation; None for the whole held-out set.
+    eval_every_steps: steps between evaluations in train_and_evaluate.
   """
-  config_lib.check_positive_int('experiment.train_steps', train_steps)
-  return Experiment(model, train_steps, list(hooks))
+  return Experiment(
+      model, config_lib.check_positive_int('experiment.train_steps',
+                                           train_steps),
+      list(hooks),
+      config_lib.check_positive_int('experiment.eval_steps', eval_steps,
+                                    allow_none=True),
+      config_lib.check_positive_int('experiment.eval_every_steps',
+                                    eval_every_steps, allow_none=True))
 
 
 class ConfigError(Exception):
@@ -138,23 +156,26 @@ def _gin_files_in(root):
 
 
 def check_writable(model_dir):
-  """Creates model_dir if needed and proves a file can be written in it."""
-  probe = os.path.join(model_dir, '.write_probe_%s' % uuid.uuid4().hex)
+  """Raises ConfigError unless model_dir is, or can be made, a writable
+  directory."""
   try:
-    tf.io.gfile.makedirs(model_dir)
-    with tf.io.gfile.GFile(probe, 'w') as f:
-      f.write('')
-    tf.io.gfile.remove(probe)
-  except (OSError, tf.errors.OpError) as error:
-    raise ConfigError('model_dir %r cannot be written: %s' %
-                      (model_dir, getattr(error, 'message', error)))
+    model_dir_lib.check_writable(model_dir)
+  except OSError as error:
+    raise ConfigError(error.strerror or str(error))
 
 
 def save_operative_config(model_dir, step):
-  """Writes gin's operative config as a file and a TensorBoard text
-  summary at `step`; returns the file's path."""
+  """Writes gin's operative config as a file (operative_config-<step>.gin,
+  or -<step>-2.gin and so on after other runs at that step) and a
+  TensorBoard text summary at `step`; returns the file's path."""
   text = gin.operative_config_str()
+  tf.io.gfile.makedirs(model_dir)
   path = os.path.join(model_dir, 'operative_config-%d.gin' % step)
+  again = 1
+  while tf.io.gfile.exists(path):  # an earlier run at this step: keep it
+    again += 1
+    path = os.path.join(model_dir, 'operative_config-%d-%d.gin' % (step,
+                                                                   again))
   with tf.io.gfile.GFile(path, 'w') as f:
     f.write(text)
   summary = v1.Summary()
@@ -183,16 +204,71 @@ def configure(argv):
         exp.model.model_fn, config=RunConfig(model_dir=args.model_dir))
   except (ValueError, TypeError, RuntimeError) as error:
     raise ConfigError(_explain_gin_error(error))
+  if args.mode in ('evaluate', 'predict') and (
+      estimator.latest_checkpoint() is None):
+    raise ConfigError('model_dir %r holds no checkpoint to %s; train first' %
+                      (args.model_dir, args.mode))
+  if args.mode == 'train_and_evaluate' and exp.eval_every_steps is None:
+    raise ConfigError('train_and_evaluate needs experiment.eval_every_steps '
+                      '(steps between evaluations); it is not set')
   return args, exp, estimator
 
 
 def train(exp, estimator, stream=None):
-  """Trains to exp.train_steps; returns the ProgressHook that watched."""
+  """Trains to exp.train_steps; returns the lines that report it."""
   progress = ProgressHook(exp.train_steps, estimator.train_batch_size,
                           stream=stream)
   estimator.train(exp.model.train_input_fn, max_steps=exp.train_steps,
                   hooks=[progress] + exp.hooks)
-  return progress
+  return _trained(estimator, progress)
+
+
+def evaluate(exp, estimator, stream=None):
+  """Evaluates the latest checkpoint on the held-out data."""
+  del stream  # evaluation is short; no progress bar
+  results = estimator.evaluate(exp.model.eval_input_fn, steps=exp.eval_steps)
+  return ['Evaluated %s at global step %d: %s' % (
+      estimator.model_dir, results['global_step'], _metrics(results)),
+          '  TensorBoard: %s' % os.path.join(estimator.model_dir, 'eval')]
+
+
+def predict(exp, estimator, stream=None):
+  """Writes the predictions on the held-out data as JSON lines."""
+  del stream
+  step = _checkpoint_step(estimator)
+  path = os.path.join(estimator.model_dir, 'predictions-%d.jsonl' % step)
+  count = 0
+  with tf.io.gfile.GFile(path, 'w') as f:
+    for prediction in estimator.predict(exp.model.eval_input_fn):
+      f.write(json.dumps(_jsonable(prediction)) + '\n')
+      count += 1
+  return ['Predicted %d held-out examples at global step %d.' % (count, step),
+          '  predictions: %s' % path]
+
+
+def train_and_evaluate(exp, estimator, stream=None):
+  """Trains to exp.train_steps, evaluating every exp.eval_every_steps."""
+  progress = ProgressHook(exp.train_steps, estimator.train_batch_size,
+                          stream=stream)
+  rounds = estimator.train_and_evaluate(
+      exp.model.train_input_fn, exp.model.eval_input_fn,
+      max_steps=exp.train_steps, eval_every_steps=exp.eval_every_steps,
+      eval_steps=exp.eval_steps, hooks=[progress] + exp.hooks)
+  return _trained(estimator, progress) + [
+      '  eval at step %d: %s' % (r['global_step'], _metrics(r))
+      for r in rounds]
+
+
+def _metrics(results):
+  return ', '.join('%s %.4g' % (k, v) for k, v in sorted(results.items())
+                   if k != 'global_step')
+
+
+def _jsonable(prediction):
+  if isinstance(prediction, dict):
+    return {k: _jsonable(v) for k, v in prediction.items()}
+  value = np.asarray(prediction)
+  return value.item() if value.ndim == 0 else value.tolist()
 
 
 def main(argv=None, stream=None):
@@ -207,10 +283,12 @@ def main(argv=None, stream=None):
   except ConfigError as error:
     print('hookestimator: configuration error: %s' % error, file=sys.stderr)
     return EXIT_CONFIG_ERROR
-  start_step = _checkpoint_step(estimator)
-  config_path = save_operative_config(args.model_dir, start_step)
-  progress = train(exp, estimator, stream)
-  _print_summary(estimator, config_path, progress)
+  config_path = save_operative_config(args.model_dir,
+                                      _checkpoint_step(estimator))
+  run_mode = {'train': train, 'evaluate': evaluate, 'predict': predict,
+              'train_and_evaluate': train_and_evaluate}[args.mode]
+  lines = run_mode(exp, estimator, stream)
+  print('\n' + '\n'.join(lines + ['  operative config: %s' % config_path]))
   return 0
 
 
@@ -220,17 +298,16 @@ def _checkpoint_step(estimator):
   return int(estimator.get_variable_value(v1.GraphKeys.GLOBAL_STEP))
 
 
-def _print_summary(estimator, config_path, progress):
-  step = _checkpoint_step(estimator)
-  print('\nTrained %s to global step %d%s.' % (
-      estimator.model_dir, step,
-      '' if progress.loss is None else ', loss %.4f' % progress.loss))
-  print('  checkpoint:       %s' % estimator.latest_checkpoint())
-  print('  operative config: %s' % config_path)
-  print('  TensorBoard:      tensorboard --logdir %s' % estimator.model_dir)
-  print('The same command again resumes from the checkpoint; raise '
-        "experiment.train_steps (--gin_param='TRAIN_STEPS = N' with "
-        'runs/base.gin) to train further.')
+def _trained(estimator, progress):
+  return [
+      'Trained %s to global step %d%s.' % (
+          estimator.model_dir, _checkpoint_step(estimator),
+          '' if progress.loss is None else ', loss %.4f' % progress.loss),
+      '  checkpoint:       %s' % estimator.latest_checkpoint(),
+      '  TensorBoard:      tensorboard --logdir %s' % estimator.model_dir,
+      'The same command again resumes from the checkpoint; raise '
+      "experiment.train_steps (--gin_param='TRAIN_STEPS = N' with "
+      'runs/base.gin) to train further.']
 
 
 def _parser():

@@ -1,4 +1,5 @@
-"""HookEstimatorSpec: what a model_fn returns, and host_call validation."""
+"""HookEstimatorSpec: what a model_fn returns, and the validation of
+host_call, eval_metrics and predictions."""
 import collections
 import inspect
 
@@ -36,52 +37,56 @@ def _accepts_keywords(fn, names):
 
 
 class HostCall(object):
-  """A validated `host_call=(fn, tensors)`.
+  """A validated `host_call=(fn, tensors)` (or `eval_metrics`, same form).
 
   `tensors` is a list (passed to `fn` positionally) or a dict (passed by
   keyword). Each tensor has rank >= 1 with a leading batch axis, and a
   static shape, since its value crosses the outfeed once per step.
+  `name` says which spec field this is in error messages.
   """
 
-  def __init__(self, host_call):
+  def __init__(self, host_call, name='host_call'):
     if (not isinstance(host_call, (tuple, list)) or len(host_call) != 2 or
         not callable(host_call[0])):
-      raise TypeError('host_call must be a pair (fn, tensors) with a callable '
-                      'fn, got %r' % (host_call,))
+      raise TypeError('%s must be a pair (fn, tensors) with a callable '
+                      'fn, got %r' % (name, host_call))
     fn, tensors = host_call
     if isinstance(tensors, dict):
       self.keys = sorted(tensors)
       flat = [tensors[k] for k in self.keys]
       if not _accepts_keywords(fn, self.keys):
-        raise ValueError('host_call fn %s does not accept the keyword '
+        raise ValueError('%s fn %s does not accept the keyword '
                          'arguments %s given in its tensors dict' %
-                         (_name(fn), self.keys))
+                         (name, _name(fn), self.keys))
     elif isinstance(tensors, (list, tuple)):
       self.keys = None
       flat = list(tensors)
       if not _accepts(fn, len(flat)):
-        raise ValueError('host_call fn %s does not take %d positional '
-                         'arguments, one per tensor in host_call' %
-                         (_name(fn), len(flat)))
+        raise ValueError('%s fn %s does not take %d positional '
+                         'arguments, one per tensor in %s' %
+                         (name, _name(fn), len(flat), name))
     else:
-      raise TypeError('host_call tensors must be a list or a dict of '
-                      'tensors, got %r' % (tensors,))
+      raise TypeError('%s tensors must be a list or a dict of '
+                      'tensors, got %r' % (name, tensors))
     for index, tensor in enumerate(flat):
       label = self.keys[index] if self.keys else index
       if not isinstance(tensor, tf.Tensor):
-        raise TypeError('host_call tensor %r must be a tf.Tensor, got %r' %
-                        (label, tensor))
+        raise TypeError('%s tensor %r must be a tf.Tensor, got %r' %
+                        (name, label, tensor))
       if tensor.shape.ndims is None or tensor.shape.ndims < 1:
         raise ValueError(
-            'host_call tensor %r (%s) has shape %s; host_call tensors need '
+            '%s tensor %r (%s) has shape %s; %s tensors need '
             'rank >= 1 with a leading batch axis: reshape a scalar to [1]' %
-            (label, tensor.name, tensor.shape))
+            (name, label, tensor.name, tensor.shape, name))
       if not tensor.shape.is_fully_defined():
         raise ValueError(
-            'host_call tensor %r (%s) has shape %s; host_call tensors need a '
-            'fully defined static shape' % (label, tensor.name, tensor.shape))
+            '%s tensor %r (%s) has shape %s; %s tensors need a '
+            'fully defined static shape' % (name, label, tensor.name,
+                                             tensor.shape, name))
+    self.name = name
     self.fn = fn
     self.tensors = flat
+    self.labels = list(self.keys) if self.keys else list(range(len(flat)))
 
   def call(self, values):
     """Calls fn on `values`, given in the order of `self.tensors`."""
@@ -97,27 +102,39 @@ def _name(fn):
 class HookEstimatorSpec(
     collections.namedtuple('HookEstimatorSpec', [
         'mode', 'loss', 'train_op', 'host_call', 'training_hooks',
-        'scaffold_fn', 'predictions', 'eval_metrics', 'export_outputs'
+        'scaffold_fn', 'predictions', 'eval_metrics', 'export_outputs',
+        'evaluation_hooks', 'prediction_hooks'
     ])):
   """Ops and objects a model_fn returns to a HookEstimator.
 
   As TPUEstimatorSpec: `host_call=(fn, tensors)` runs `fn` on the host once
-  per step on that step's values; `scaffold_fn` builds the Scaffold on the
-  host.
+  per training step on that step's values; `eval_metrics=(metric_fn,
+  tensors)` runs `metric_fn` on the host on the evaluated examples, and
+  returns `{name: (value, update_op)}` as tf.compat.v1.metrics do;
+  `predictions` is a tensor or a dict of tensors with a leading batch axis;
+  `scaffold_fn` builds the Scaffold on the host.
   """
 
   def __new__(cls, mode, loss=None, train_op=None, host_call=None,
               training_hooks=None, scaffold_fn=None, predictions=None,
-              eval_metrics=None, export_outputs=None):
+              eval_metrics=None, export_outputs=None, evaluation_hooks=None,
+              prediction_hooks=None):
     if host_call is not None:
       HostCall(host_call)
+    if eval_metrics is not None:
+      HostCall(eval_metrics, name='eval_metrics')
+    if predictions is not None and not (isinstance(predictions, dict) and
+                                        not predictions):
+      _flat_predictions(predictions)
     if scaffold_fn is not None and not callable(scaffold_fn):
       raise TypeError('scaffold_fn must be callable, got %r' % (scaffold_fn,))
     return super(HookEstimatorSpec, cls).__new__(
         cls, mode=mode, loss=loss, train_op=train_op, host_call=host_call,
         training_hooks=_hook_tuple(training_hooks, 'training_hooks'),
         scaffold_fn=scaffold_fn, predictions=predictions,
-        eval_metrics=eval_metrics, export_outputs=export_outputs)
+        eval_metrics=eval_metrics, export_outputs=export_outputs,
+        evaluation_hooks=_hook_tuple(evaluation_hooks, 'evaluation_hooks'),
+        prediction_hooks=_hook_tuple(prediction_hooks, 'prediction_hooks'))
 
 
 def as_hook_spec(spec):
@@ -125,14 +142,36 @@ def as_hook_spec(spec):
   if isinstance(spec, HookEstimatorSpec):
     return spec
   if isinstance(spec, tf.estimator.EstimatorSpec):
+    if spec.mode == ModeKeys.EVAL and spec.eval_metric_ops:
+      raise ValueError(
+          'model_fn returned a tf.estimator.EstimatorSpec with '
+          'eval_metric_ops %s; metric ops cannot run inside the device loop. '
+          'Return HookEstimatorSpec(eval_metrics=(metric_fn, tensors)) '
+          'instead: metric_fn runs on the host on the outfed tensors' %
+          sorted(spec.eval_metric_ops))
     scaffold = spec.scaffold
     return HookEstimatorSpec(
         mode=spec.mode, loss=spec.loss, train_op=spec.train_op,
         training_hooks=spec.training_hooks,
         scaffold_fn=(lambda: scaffold) if scaffold is not None else None,
-        predictions=spec.predictions, export_outputs=spec.export_outputs)
+        predictions=(None if isinstance(spec.predictions, dict) and
+                     not spec.predictions else spec.predictions),
+        export_outputs=spec.export_outputs or None,
+        evaluation_hooks=spec.evaluation_hooks,
+        prediction_hooks=spec.prediction_hooks)
   raise TypeError('model_fn must return a HookEstimatorSpec or a '
                   'tf.estimator.EstimatorSpec, got %r' % (spec,))
+
+
+def _check_loss(spec):
+  if not isinstance(spec.loss, tf.Tensor):
+    raise TypeError('loss must be a tf.Tensor, got %r' % (spec.loss,))
+  if spec.loss.shape.ndims != 0:
+    raise ValueError('loss must be a scalar, got shape %s from %s' %
+                     (spec.loss.shape, spec.loss.name))
+  if not spec.loss.dtype.is_floating:
+    raise TypeError('loss must be a floating-point tensor, got %s' %
+                    spec.loss.dtype.name)
 
 
 def check_train_spec(spec):
@@ -143,11 +182,72 @@ def check_train_spec(spec):
   if spec.train_op is None:
     raise ValueError('model_fn returned a TRAIN spec without train_op; '
                      'expected the op that applies one training step')
-  if not isinstance(spec.loss, tf.Tensor):
-    raise TypeError('loss must be a tf.Tensor, got %r' % (spec.loss,))
-  if spec.loss.shape.ndims != 0:
-    raise ValueError('loss must be a scalar, got shape %s from %s' %
-                     (spec.loss.shape, spec.loss.name))
-  if not spec.loss.dtype.is_floating:
-    raise TypeError('loss must be a floating-point tensor, got %s' %
-                    spec.loss.dtype.name)
+  _check_loss(spec)
+
+
+def _check_batch_major(label, tensor, batch_size, why):
+  shape = tensor.shape
+  if (shape.ndims is None or shape.ndims < 1 or
+      tf.compat.dimension_value(shape[0]) != batch_size):
+    raise ValueError(
+        '%s (%s) has shape %s; expected a static leading batch dimension '
+        'equal to params["batch_size"] = %d, %s' %
+        (label, tensor.name, shape, batch_size, why))
+
+
+def check_eval_spec(spec, batch_size):
+  """Raises unless `spec` can evaluate; returns its eval_metrics HostCall
+  (or None).
+
+  It needs a scalar float loss, eval_metrics, or both; the eval_metrics
+  tensors are batch-major, so that padded examples can be dropped.
+  """
+  if spec.loss is None and spec.eval_metrics is None:
+    raise ValueError('model_fn returned an EVAL spec without loss and '
+                     'without eval_metrics; expected a scalar loss tensor, '
+                     'eval_metrics=(metric_fn, tensors), or both')
+  if spec.loss is not None:
+    _check_loss(spec)
+  if spec.eval_metrics is None:
+    return None
+  metrics = HostCall(spec.eval_metrics, name='eval_metrics')
+  for label, tensor in zip(metrics.labels, metrics.tensors):
+    _check_batch_major('eval_metrics tensor %r' % (label,), tensor,
+                       batch_size, 'one row per example, so that padding '
+                       'rows can be dropped before metric_fn sees them')
+  return metrics
+
+
+def _flat_predictions(predictions):
+  """(keys, tensors): keys None for a single tensor."""
+  if isinstance(predictions, dict):
+    if not predictions:
+      raise ValueError('predictions is an empty dict; expected a tensor or a '
+                       'dict of tensors')
+    keys = sorted(predictions)
+    tensors = [predictions[k] for k in keys]
+  else:
+    keys, tensors = None, [predictions]
+  for index, tensor in enumerate(tensors):
+    if not isinstance(tensor, tf.Tensor):
+      raise TypeError('predictions%s must be a tf.Tensor, got %r' % (
+          '' if keys is None else '[%r]' % keys[index], tensor))
+  return keys, tensors
+
+
+def check_predict_spec(spec, batch_size):
+  """Raises unless `spec` can predict; returns (keys, tensors) of its
+  predictions, keys None for a single tensor."""
+  if spec.predictions is None:
+    raise ValueError('model_fn returned a PREDICT spec without predictions; '
+                     'expected a tensor or a dict of tensors')
+  keys, tensors = _flat_predictions(spec.predictions)
+  for index, tensor in enumerate(tensors):
+    label = 'predictions' if keys is None else 'predictions[%r]' % keys[index]
+    _check_batch_major(label, tensor, batch_size,
+                       'one row per example')
+    if not tensor.shape.is_fully_defined():
+      raise ValueError('%s (%s) has shape %s; predictions need a fully '
+                       'defined static shape' % (label, tensor.name,
+                                                 tensor.shape))
+  return keys, tensors

@@ -92,8 +92,14 @@ def test_run_already_at_its_steps_trains_nothing(tmp_path):
   assert run_main(tmp_path, *TINY) == 0
   before = os.path.getmtime(str(tmp_path / 'model.ckpt-60.index'))
   assert run_main(tmp_path, *TINY) == 0
+  assert run_main(tmp_path, *TINY) == 0
   assert checkpoint_step(tmp_path) == 60
   assert os.path.getmtime(str(tmp_path / 'model.ckpt-60.index')) == before
+  # Each run's operative config is kept.
+  assert sorted(p for p in os.listdir(str(tmp_path))
+                if p.startswith('operative_config')) == [
+                    'operative_config-0.gin', 'operative_config-60-2.gin',
+                    'operative_config-60.gin']
 
 
 @pytest.mark.parametrize('args, expected', [
@@ -135,8 +141,8 @@ def test_unwritable_model_dir_exits_2(tmp_path, capsys):
   blocker.write_text(u'not a directory')
   model_dir = blocker / 'model'
   assert run_main(model_dir, *TINY) == main_lib.EXIT_CONFIG_ERROR
-  assert 'model_dir %r cannot be written' % str(model_dir) in (
-      capsys.readouterr().err)
+  assert 'model_dir %s cannot be a directory: %s is a file' % (
+      model_dir, blocker) in capsys.readouterr().err
   assert blocker.read_text() == u'not a directory'
 
 
@@ -159,3 +165,44 @@ def test_module_command_exit_codes(tmp_path):
   bad = command(*(TINY + ['--gin_param=experiment.nope = 1']))
   assert bad.returncode == main_lib.EXIT_CONFIG_ERROR
   assert "parameter named 'nope'" in bad.stderr
+
+
+def run_mode(mode, model_dir, *args):
+  gin.clear_config()
+  return main_lib.main([mode, '--model_dir=%s' % model_dir] + list(args))
+
+
+def test_evaluate_mode_reports_held_out_accuracy(tmp_path, capsys):
+  assert run_mode('evaluate', tmp_path, *TINY) == main_lib.EXIT_CONFIG_ERROR
+  assert 'holds no checkpoint to evaluate' in capsys.readouterr().err
+  assert run_main(tmp_path, *TINY) == 0
+  capsys.readouterr()
+  assert run_mode('evaluate', tmp_path, *TINY) == 0
+  out = capsys.readouterr().out
+  assert 'Evaluated %s at global step 60: accuracy 0.' % tmp_path in out
+  assert read_scalars(tmp_path / 'eval')['accuracy'][60] > 0.5
+
+
+def test_predict_mode_writes_every_held_out_example(tmp_path, capsys):
+  import json
+  assert run_main(tmp_path, *TINY) == 0
+  assert run_mode('predict', tmp_path, *TINY) == 0
+  assert 'Predicted 297 held-out examples' in capsys.readouterr().out
+  with open(str(tmp_path / 'predictions-60.jsonl')) as f:
+    rows = [json.loads(line) for line in f]
+  assert len(rows) == 297
+  assert all(0 <= row['class'] < 10 for row in rows)
+  assert len(rows[0]['probabilities']) == 10
+
+
+def test_train_and_evaluate_mode_evaluates_every_n_steps(tmp_path, capsys):
+  assert run_mode('train_and_evaluate', tmp_path, *(TINY + [
+      '--gin_param=experiment.eval_every_steps = 20'])) == 0
+  out = capsys.readouterr().out
+  for step in (20, 40, 60):
+    assert 'eval at step %d: accuracy' % step in out
+  assert sorted(read_scalars(tmp_path / 'eval')['accuracy']) == [20, 40, 60]
+  assert run_mode('train_and_evaluate', tmp_path, *(TINY + [
+      '--gin_param=experiment.eval_every_steps = None'])) == (
+          main_lib.EXIT_CONFIG_ERROR)
+  assert 'needs experiment.eval_every_steps' in capsys.readouterr().err

@@ -1,0 +1,355 @@
+"""Evaluation: metrics computed on the host from outfed tensors.
+
+Each step of the EVAL loop outfeeds [row states, loss, *eval_metrics
+tensors]. The outfeed thread drains a loop's steps in one session.run that
+also drops the padding rows and runs metric_fn's update ops on what is
+left, so every real example counts once and no padding counts. `loss` is
+the mean of the per-step losses weighted by each step's real examples (a
+full batch counts fully, a padded one by its share, one past the end not
+at all).
+
+`Evaluation` is one evaluate() call in a graph and session of its own;
+`EvaluationRounds` evaluates between training loops inside the training
+session, without building a graph or initialising the device again.
+"""
+import logging
+import numbers
+import os
+import threading
+
+import numpy as np
+import tensorflow as tf
+
+from hookestimator import config as config_lib
+from hookestimator import feed
+from hookestimator import hooks as hooks_lib
+from hookestimator import inference
+from hookestimator import loop as loop_lib
+from hookestimator import padding
+from hookestimator import spec as spec_lib
+from hookestimator.compat import v1
+
+log = logging.getLogger(__name__)
+
+ModeKeys = tf.estimator.ModeKeys
+RESERVED_METRIC_NAMES = ('loss', 'global_step')
+
+
+def eval_dir(model_dir, name=None):
+  """Where an evaluation writes its summaries: model_dir/eval[_name]."""
+  return os.path.join(model_dir, 'eval' if name is None else 'eval_' + name)
+
+
+def check_name(name):
+  if name is not None and (not isinstance(name, str) or not name or
+                           os.sep in name):
+    raise ValueError('name must be a non-empty string without %r, or None; '
+                     'got %r' % (os.sep, name))
+  return name
+
+
+class _Outfed(object):
+  """What each EVAL step outfeeds, chosen when the loop is built."""
+
+  def __init__(self, batch_size):
+    self._batch_size = batch_size
+    self.has_loss = False
+    self.metrics = None
+
+  def __call__(self, spec):
+    self.metrics = spec_lib.check_eval_spec(spec, self._batch_size)
+    self.has_loss = spec.loss is not None
+    values = [tf.cast(spec.loss, tf.float32)] if self.has_loss else []
+    return values + (self.metrics.tensors if self.metrics else [])
+
+
+def _check_metric_ops(result, has_loss):
+  if not isinstance(result, dict):
+    raise TypeError('eval_metrics metric_fn returned %r; expected a dict '
+                    '{name: (value, update_op)} as tf.compat.v1.metrics '
+                    'functions return' % (result,))
+  for name, pair in result.items():
+    if not isinstance(name, str):
+      raise TypeError('eval_metrics metric_fn returned the key %r; metric '
+                      'names must be strings' % (name,))
+    if name in RESERVED_METRIC_NAMES and (name != 'loss' or has_loss):
+      raise ValueError('eval_metrics metric_fn returned a metric named %r, '
+                       'which the evaluation reports itself; rename it' % name)
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+      raise TypeError('eval_metrics metric_fn returned %r for %r; expected a '
+                      '(value, update_op) pair' % (pair, name))
+
+
+class MetricsReader(object):
+  """Drains the EVAL outfeed one loop at a time and updates the metrics.
+
+  `read_loop(session, count)` is the outfeed controller's work for one
+  loop; `results(session)` reads the metrics once the controller is done;
+  `reset(session)` starts them again (for evaluation rounds).
+  """
+
+  def __init__(self, outfeed, outfed):
+    stacked = list(outfeed.dequeue_op)
+    self._outfeed = outfeed
+    self._has_loss = outfed.has_loss
+    real = tf.equal(stacked[0], padding.REAL)
+    self._fetches = {'count': tf.reduce_sum(tf.cast(real, tf.int64), 1)}
+    if self._has_loss:
+      self._fetches['loss'] = stacked[1]
+    self._values = {}
+    metric_variables = []
+    if outfed.metrics is not None:
+      metric_variables = self._build_metrics(stacked, real, outfed)
+    self.reset_op = v1.variables_initializer(metric_variables)
+    self._lock = threading.Lock()
+    self._loss_sum = 0.0
+    self._examples = 0
+
+  def _build_metrics(self, stacked, real, outfed):
+    """Runs metric_fn on the host on the loop's real examples; returns the
+    variables it made."""
+    with tf.device(feed.HOST_DEVICE), v1.name_scope('eval_metrics'):
+      keep = tf.reshape(real, [-1])
+      columns = stacked[2 if self._has_loss else 1:]
+      # Steps and rows in one axis, then only the real examples.
+      kept = [tf.boolean_mask(tf.reshape(t, [-1] + t.shape[2:].as_list()),
+                              keep) for t in columns]
+      before = {id(v) for v in v1.local_variables()}
+      result = outfed.metrics.call(kept)
+      _check_metric_ops(result, self._has_loss)
+      metric_variables = [v for v in v1.local_variables()
+                          if id(v) not in before]
+      self._values = {name: pair[0] for name, pair in result.items()}
+      self._fetches['update'] = tf.group(*[pair[1]
+                                           for pair in result.values()])
+    return metric_variables
+
+  @property
+  def init_ops(self):
+    return [self.reset_op]
+
+  def reset(self, session):
+    session.run(self.reset_op)
+    with self._lock:
+      self._loss_sum = 0.0
+      self._examples = 0
+
+  def read_loop(self, session, count):
+    """Handles up to `count` steps; returns how many came through."""
+    try:
+      out = session.run(self._fetches, {self._outfeed.count: count})
+    except tf.errors.OutOfRangeError:
+      return 0  # the queue was closed with no step left in it
+    counts = out['count']
+    with self._lock:
+      self._examples += int(np.sum(counts))
+      if self._has_loss:
+        self._loss_sum += float(np.dot(out['loss'].astype(np.float64),
+                                       counts))
+    return len(counts)
+
+  def flush(self, session):
+    del session  # Nothing buffered: the metrics live in the session.
+
+  def results(self, session):
+    """{metric name: value, 'loss': weighted mean loss}."""
+    results = session.run(self._values) if self._values else {}
+    with self._lock:
+      examples, loss_sum = self._examples, self._loss_sum
+    if examples == 0:
+      log.warning('The evaluation input held no examples')
+    if self._has_loss:
+      results['loss'] = np.float32(loss_sum / examples if examples
+                                   else float('nan'))
+    return results
+
+
+def write_results(writer, results, step):
+  """Writes the scalar results as TensorBoard scalars at `step`."""
+  summary = v1.Summary()
+  for name in sorted(results):
+    value = results[name]
+    if name == 'global_step':
+      continue
+    if np.ndim(value) == 0 and isinstance(np.asarray(value).item(),
+                                          numbers.Number):
+      summary.value.add(tag=name, simple_value=float(value))
+    else:
+      log.info('Not writing metric %r to TensorBoard: not a scalar number',
+               name)
+  writer.add_summary(summary, step)
+  writer.flush()
+
+
+def _format(results):
+  return ', '.join('%s = %s' % (k, results[k]) for k in sorted(results))
+
+
+class _ResultsHook(v1.train.SessionRunHook):
+  """Reads the metrics at the end, once the outfeed thread is done."""
+
+  def __init__(self, reader):
+    self._reader = reader
+    self.results = None
+
+  def end(self, session):
+    results = self._reader.results(session)
+    results['global_step'] = int(session.run(v1.train.get_global_step()))
+    self.results = results
+
+
+class Evaluation(inference.InferenceRun):
+  """One evaluate() call; read `results()` after running it."""
+
+  def __init__(self, estimator, input_fn, steps=None, hooks=None,
+               checkpoint_path=None, name=None):
+    steps = config_lib.check_positive_int('steps', steps, allow_none=True)
+    directory = eval_dir(estimator.model_dir, check_name(name))
+    self._outfed = _Outfed(estimator.eval_batch_size)
+    self._results = None
+    super(Evaluation, self).__init__(
+        estimator, input_fn, ModeKeys.EVAL, estimator.eval_batch_size,
+        self._outfed, steps, hooks, checkpoint_path)
+    with self.graph.as_default():
+      self._writer = v1.summary.FileWriterCache.get(directory)
+
+  def _make_reader(self, outfeed):
+    reader = MetricsReader(outfeed, self._outfed)
+    self._results = _ResultsHook(reader)
+    return reader
+
+  def _after_feeding(self):
+    return [self._results]
+
+  def results(self):
+    """The metrics, `loss` and `global_step`; written to TensorBoard."""
+    results = self._results.results
+    write_results(self._writer, results, results['global_step'])
+    log.info('Evaluation at step %d: %s', results['global_step'],
+             _format(results))
+    return results
+
+
+class EvaluationRounds(v1.train.SessionRunHook):
+  """Evaluates inside the training session: when a training loop ends at a
+  multiple of `every_steps` or at `final_step`, and when the training input
+  ends.
+
+  Built in the training graph after the training loop (sharing its
+  variables, its error rendezvous and its device system); it caps the
+  training loops through their LoopState so that they end at the
+  evaluation steps. Each round reads the variables as they are at that
+  step and writes its results to TensorBoard at that step; `history` holds
+  every round's results.
+  """
+
+  def __init__(self, estimator, input_fn, steps, every_steps, final_step,
+               name, device, train_loop_state, rendezvous, global_step_after,
+               train_infeed):
+    self._every = every_steps
+    self._final_step = final_step
+    self._steps = steps
+    self._iterations_per_loop = estimator.config.iterations_per_loop
+    self._train_loop_state = train_loop_state
+    self._global_step_after = global_step_after
+    self._train_infeed = train_infeed
+    self._rendezvous = rendezvous
+    self._writer = v1.summary.FileWriterCache.get(
+        eval_dir(estimator.model_dir, name))
+    batch_size = estimator.eval_batch_size
+    params = dict(estimator.params, batch_size=batch_size)
+    dataset = estimator._call_input_fn(input_fn, params)
+    outfed = _Outfed(batch_size)
+    with v1.name_scope('evaluation'):
+      self._pipeline = inference.InferencePipeline(
+          dataset, batch_size, device,
+          inference.model_caller(estimator, params), ModeKeys.EVAL, outfed,
+          reuse=v1.AUTO_REUSE)
+      self._reader = MetricsReader(self._pipeline.outfeed, outfed)
+    self._loop_state = loop_lib.LoopState()
+    self._feeding = hooks_lib.InfeedOutfeedHook(
+        self._loop_state, self._pipeline.infeed, self._reader, rendezvous,
+        drain_ops=self._pipeline.drain_ops,
+        cancel_ops=self._pipeline.cancel_ops)
+    self.init_ops = self._reader.init_ops
+    self.history = []
+    self._next_eval = None
+    self._last_eval_step = None
+
+  def after_create_session(self, session, coord):
+    step = int(session.run(v1.train.get_global_step()))
+    self._next_eval = (step // self._every + 1) * self._every
+    self._cap(step)
+
+  def before_run(self, run_context):
+    return v1.train.SessionRunArgs(self._global_step_after)
+
+  def after_run(self, run_context, run_values):
+    step = int(run_values.results)
+    if step >= self._next_eval or step >= self._final_step:
+      self.evaluate(run_context.session, step)
+      self._next_eval = (step // self._every + 1) * self._every
+    self._cap(step)
+
+  def end(self, session):
+    # Training ended with its input: evaluate that step too. (A stop asked
+    # for by a hook or a signal ends without one more evaluation.)
+    step = int(session.run(v1.train.get_global_step()))
+    if step != self._last_eval_step and self._train_infeed.input_ended:
+      self.evaluate(session, step)
+    self._feeding.end(session)
+
+  def abort(self):
+    self._feeding.abort()
+
+  def _cap(self, step):
+    """Ends the next training loop at the next evaluation step."""
+    iterations = self._train_loop_state.iterations
+    if iterations:
+      self._train_loop_state.iterations = min(iterations,
+                                              self._next_eval - step)
+
+  def evaluate(self, session, step):
+    """One evaluation round, from the start of the input; returns and
+    records its results."""
+    session.run([self._pipeline.infeed.initializer])
+    self._reader.reset(session)
+    loop = self._pipeline.loop
+    self._feeding.after_create_session(session, None)
+    try:
+      done = 0
+      size = inference.next_loop_size(self._iterations_per_loop,
+                                       self._steps, done)
+      while size:
+        self._loop_state.iterations = size
+        self._feeding.before_run(None)
+        stopped = session.run(loop.stopped, {loop.iterations: size})
+        done += size
+        size = 0 if stopped else inference.next_loop_size(
+            self._iterations_per_loop, self._steps, done)
+    except BaseException:
+      self._feeding.abort()
+      raise
+    self._feeding.join()
+    self._rendezvous.raise_if_error()
+    results = self._reader.results(session)
+    results['global_step'] = step
+    write_results(self._writer, results, step)
+    log.info('Evaluation at step %d: %s', step, _format(results))
+    self._last_eval_step = step
+    self.history.append(results)
+    return results
+
+
+def rounds_add_on(estimator, input_fn, steps, every_steps, final_step, name,
+                  built):
+  """The `add_on` for estimator._train_graph that builds EvaluationRounds;
+  appends it to `built`."""
+  def add_on(device, loop_state, rendezvous, device_loop, infeed):
+    rounds = EvaluationRounds(estimator, input_fn, steps, every_steps,
+                              final_step, name, device, loop_state,
+                              rendezvous, device_loop.global_step_after,
+                              infeed)
+    built.append(rounds)
+    return rounds
+  return add_on

@@ -1,0 +1,275 @@
+"""The device loop for evaluation and prediction, and the hook that sizes it.
+
+Evaluation and prediction use the training machinery (feeds, controllers,
+InfeedOutfeedHook, error rendezvous) with a loop of their own: no train_op,
+and the global step does not move. The input is padded on the host (see
+padding.py); each step dequeues a padded batch and its row states, runs
+model_fn in EVAL or PREDICT mode and outfeeds [row states, *values]. The
+loop reports whether it saw a batch past the end of the input, and the
+loop-size hook stops after that loop.
+
+Also here: what evaluation and prediction share when they start (their
+hooks argument, the checkpoint to read, the session creator).
+"""
+import contextlib
+import logging
+import os
+
+import tensorflow as tf
+
+from hookestimator import config as config_lib
+from hookestimator import devices
+from hookestimator import feed
+from hookestimator import hooks as hooks_lib
+from hookestimator import loop as loop_lib
+from hookestimator import padding
+from hookestimator import spec as spec_lib
+from hookestimator.compat import v1
+from hookestimator.controller import ErrorRendezvous
+
+log = logging.getLogger(__name__)
+
+
+class InferenceLoop(object):
+  """The built EVAL or PREDICT loop.
+
+  `outfed_fn(spec)` validates the spec and returns the tensors each step
+  sends back after its row states.
+
+  Attributes:
+    iterations: int32 placeholder, the number of steps this run.
+    stopped: int32, 1 once the loop has dequeued a batch past the end of
+      the input; fetch it (it runs the loop) once per loop.
+    spec: the HookEstimatorSpec the model_fn returned.
+  """
+
+  def __init__(self, infeed, outfeed, call_model_fn, device, mode, outfed_fn,
+               reuse=None):
+    self.iterations = v1.placeholder(tf.int32, [], name='iterations')
+    self.spec = None
+
+    def step(i, stopped):
+      with tf.control_dependencies([i]):
+        inputs, state = infeed.dequeue()
+      features, labels = padding.unpack_inputs(inputs)
+      with (tf.device(device.model_device) if device.model_device else
+            contextlib.nullcontext()):
+        self.spec = spec_lib.as_hook_spec(call_model_fn(features, labels,
+                                                        mode))
+        if self.spec.host_call is not None:
+          log.info('host_call runs in training only; %s does not run it',
+                   'evaluation' if mode == tf.estimator.ModeKeys.EVAL else
+                   'prediction')
+        enqueue = outfeed.enqueue([state] + list(outfed_fn(self.spec)))
+      with tf.control_dependencies([enqueue]):
+        past_end = tf.cast(tf.equal(state[0], padding.PAST_END), tf.int32)
+        return i + 1, tf.maximum(stopped, past_end)
+
+    def device_loop(iterations):
+      return v1.while_loop(
+          lambda i, _: i < iterations, step,
+          [tf.constant(0), tf.constant(0)],
+          parallel_iterations=1, name='%s_loop' % mode)
+
+    self.steps_done, self.stopped = loop_lib.run_on_device(
+        device, device_loop, self.iterations, reuse=reuse)
+    outfeed.build_host_ops()
+
+
+class InferencePipeline(object):
+  """The device side of one evaluation or prediction: the padded input,
+  its feeds and the loop.
+
+  Build it in the graph that will run it, with `dataset` made on the host.
+  """
+
+  def __init__(self, dataset, batch_size, device, call_model_fn, mode,
+               outfed_fn, reuse=None):
+    padding.check_input(dataset, batch_size)
+    with tf.device(feed.HOST_DEVICE):
+      padded, self.has_labels = padding.pad_dataset(dataset, batch_size)
+    self.batch_size = batch_size
+    self.infeed, self.outfeed = feed.make_feeds(device.kind, padded,
+                                                batch_size)
+    self.loop = InferenceLoop(self.infeed, self.outfeed, call_model_fn,
+                              device, mode, outfed_fn, reuse=reuse)
+    # Hardware feeds (TPU) have no close ops: an error closes the session.
+    closable = self.infeed.close_op is not None
+    self.cancel_ops = ([self.infeed.close_op, self.outfeed.cancel_op]
+                       if closable else None)
+    self.drain_ops = ([self.infeed.close_op, self.outfeed.close_op]
+                      if closable else ())
+
+
+class InferenceRun(object):
+  """One evaluate() or predict() call in a graph and session of its own:
+  the graph is built, and the arguments checked, at once.
+
+  Run `fetch` once per loop with `hooks` (estimator._run_loops), with
+  `session_creator`, `rendezvous` and `aborts`; `graph` must be the default
+  graph while doing so. Subclasses give the mode, the batch size, what each
+  step outfeeds (`outfed(spec)`), the reader of the outfeed, and hooks
+  that go right after the feeding hook.
+  """
+
+  def __init__(self, estimator, input_fn, mode, batch_size, outfed, steps,
+               hooks, checkpoint_path):
+    if not callable(input_fn):
+      raise TypeError('input_fn must be callable, got %r' % (input_fn,))
+    user_hooks = check_hooks(hooks)
+    checkpoint = checkpoint_to_read(estimator, checkpoint_path)
+    config = estimator.config
+    self.graph = tf.Graph()
+    with self.graph.as_default():
+      device = devices.Device(config.device)
+      loop_lib.create_global_step(self.graph)
+      params = dict(estimator.params, batch_size=batch_size)
+      dataset = estimator._call_input_fn(input_fn, params)
+      pipeline = InferencePipeline(dataset, batch_size, device,
+                                   model_caller(estimator, params), mode,
+                                   outfed)
+      self.rendezvous = ErrorRendezvous()
+      reader = self._make_reader(pipeline.outfeed)
+      spec = pipeline.loop.spec
+      scaffold = estimator._scaffold(
+          spec, [pipeline.infeed.initializer] + reader.init_ops)
+      loop_state = loop_lib.LoopState()
+      feeding = hooks_lib.InfeedOutfeedHook(
+          loop_state, pipeline.infeed, reader, self.rendezvous,
+          drain_ops=pipeline.drain_ops, cancel_ops=pipeline.cancel_ops)
+      device_system = hooks_lib.DeviceSystemHook(
+          device, close_ops=pipeline.cancel_ops or (),
+          session_config=config.session_config)
+      spec_hooks = (spec.evaluation_hooks if mode == tf.estimator.ModeKeys.EVAL
+                    else spec.prediction_hooks)
+      # Order matters, as in training: the loop size first, so that every
+      # later before_run sees it; at the end the feeding hook joins the
+      # outfeed thread (every loop's values are in) before the hooks after
+      # it read results; the device system hook comes last.
+      self.hooks = [
+          InferenceLoopHook(loop_state, config.iterations_per_loop,
+                            pipeline.loop, steps),
+          feeding,
+      ] + self._after_feeding() + list(spec_hooks) + user_hooks + [
+          device_system]
+      self.aborts = [feeding.abort, device_system.close]
+      self.fetch = pipeline.loop.stopped
+      self.session_creator = session_creator(scaffold, checkpoint,
+                                             config.session_config)
+
+  def _make_reader(self, outfeed):
+    """The outfeed controller's work: read_loop(session, count),
+    flush(session) and init_ops."""
+    raise NotImplementedError
+
+  def _after_feeding(self):
+    return []
+
+
+class InferenceLoopHook(v1.train.SessionRunHook):
+  """Sizes each loop as min(iterations_per_loop, steps left) and stops after
+  the loop that reached `steps`, or that ran past the end of the input.
+
+  The size goes to the loop as a feed, and to the feeding hook through the
+  shared LoopState. `steps_done` counts the steps run, padding included.
+  """
+
+  def __init__(self, loop_state, iterations_per_loop, loop, steps=None):
+    self._loop_state = loop_state
+    self._iterations_per_loop = config_lib.check_positive_int(
+        'iterations_per_loop', iterations_per_loop)
+    self._steps = config_lib.check_positive_int('steps', steps,
+                                                allow_none=True)
+    self._loop = loop
+    self.steps_done = 0
+    self.input_ended = False
+
+  def after_create_session(self, session, coord):
+    self.steps_done = 0
+    self.input_ended = False
+    self._next_loop(coord)
+
+  def before_run(self, run_context):
+    return v1.train.SessionRunArgs(
+        self._loop.stopped,
+        feed_dict={self._loop.iterations: self._loop_state.iterations})
+
+  def after_run(self, run_context, run_values):
+    self.steps_done += self._loop_state.iterations
+    if run_values.results:
+      self.input_ended = True
+      self._loop_state.iterations = 0
+      run_context.request_stop()
+    else:
+      self._next_loop(run_context)
+
+  def _next_loop(self, stopper):
+    size = next_loop_size(self._iterations_per_loop, self._steps,
+                          self.steps_done)
+    self._loop_state.iterations = size
+    if size == 0:
+      stopper.request_stop()
+
+
+def model_caller(estimator, params):
+  """`call(features, labels, mode)`: the estimator's model_fn with `params`,
+  as the loops call it."""
+  def call(features, labels, mode):
+    return estimator._call_model_fn(features, labels, mode, params)
+  return call
+
+
+def check_hooks(hooks):
+  hooks = list(hooks or ())
+  for hook in hooks:
+    if not isinstance(hook, v1.train.SessionRunHook):
+      raise TypeError('hooks must be SessionRunHook instances, got %r' %
+                      (hook,))
+  return hooks
+
+
+def checkpoint_to_read(estimator, checkpoint_path):
+  """The checkpoint to evaluate or predict with: `checkpoint_path`, else the
+  latest in model_dir; None (initialised variables) when there is none."""
+  if checkpoint_path is None:
+    path = estimator.latest_checkpoint()
+    if path is None:
+      log.warning('No checkpoint in model_dir %s; running with freshly '
+                  'initialised variables', estimator.model_dir)
+    return path
+  if not isinstance(checkpoint_path, (str, os.PathLike)):
+    raise TypeError('checkpoint_path must be a path string or None, got %r' %
+                    (checkpoint_path,))
+  checkpoint_path = os.fspath(checkpoint_path)
+  if tf.io.gfile.isdir(checkpoint_path):
+    path = v1.train.latest_checkpoint(checkpoint_path)
+    if path is None:
+      raise ValueError('checkpoint_path %s is a directory without a '
+                       'checkpoint' % checkpoint_path)
+    return path
+  if not _is_checkpoint(checkpoint_path):
+    raise ValueError('checkpoint_path %s is not a checkpoint (expected a '
+                     'prefix such as model_dir/model.ckpt-100)' %
+                     checkpoint_path)
+  return checkpoint_path
+
+
+def _is_checkpoint(path):
+  try:
+    return (tf.io.gfile.exists(path + '.index') or
+            (not tf.io.gfile.isdir(path) and tf.io.gfile.exists(path)))
+  except tf.errors.NotFoundError:
+    return False
+
+
+def session_creator(scaffold, checkpoint, session_config):
+  return v1.train.ChiefSessionCreator(
+      scaffold=scaffold, checkpoint_filename_with_path=checkpoint,
+      config=session_config or v1.ConfigProto(allow_soft_placement=True))
+
+
+def next_loop_size(iterations_per_loop, steps, steps_done):
+  """min(iterations_per_loop, steps left); 0 when `steps` are done."""
+  if steps is None:
+    return iterations_per_loop
+  return max(0, min(iterations_per_loop, steps - steps_done))

@@ -1,0 +1,164 @@
+"""The input's position: the infeed iterator's state, saved in checkpoints.
+
+A checkpoint taken at a loop boundary holds the iterator's state after
+exactly the batches its steps consumed (the infeed reads a loop's batches
+only when that loop is signalled), so a run resumed from it continues the
+data stream where the checkpoint was taken: every example is read once per
+epoch however often the run is killed and resumed.
+
+The state is stored in the checkpoint under a key naming a fingerprint of
+the input pipeline (the graph that makes the dataset, its data included).
+TensorFlow rebuilds the saved pipeline when it restores an iterator, so a
+state is restored only into the same pipeline; a different input_fn starts
+from its beginning. A pipeline whose state cannot be serialized (one that
+draws random numbers in a map, say) is not saved, and says so once.
+"""
+import hashlib
+import logging
+
+import tensorflow as tf
+from tensorflow.python.training.saving import saveable_object
+
+from hookestimator import compat
+from hookestimator.compat import v1
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = 'hookestimator/input_position/'
+
+
+def is_input_position_key(name):
+  """Whether a checkpoint key holds an input position, not a variable."""
+  return name.startswith(KEY_PREFIX)
+
+
+def fingerprint(graph, dataset):
+  """A digest of the graph that makes the `dataset` variant tensor.
+
+  Function names carry process-wide counters, so each function reachable
+  from the dataset is renamed by its order of first use before hashing:
+  the same input_fn gives the same digest in any graph or process.
+  """
+  graph_def = v1.graph_util.extract_sub_graph(graph.as_graph_def(),
+                                              [dataset.op.name])
+  functions = {f.signature.name: f for f in graph_def.library.function}
+  renamed = {}
+
+  def visit_function(name_attr_list):
+    name = name_attr_list.name
+    if name in functions and name not in renamed:
+      renamed[name] = 'function_%d' % len(renamed)
+      for node in functions[name].node_def:
+        visit_attrs(node.attr)
+    if name in renamed:
+      name_attr_list.name = renamed[name]
+    visit_attrs(name_attr_list.attr)
+
+  def visit_attrs(attrs):
+    for key in sorted(attrs):
+      if attrs[key].HasField('func'):
+        visit_function(attrs[key].func)
+      for function in attrs[key].list.func:
+        visit_function(function)
+
+  for node in graph_def.node:
+    visit_attrs(node.attr)
+  digest = hashlib.sha256()
+  for node in graph_def.node:
+    digest.update(node.SerializeToString(deterministic=True))
+  for name in sorted(renamed, key=renamed.get):
+    function = functions[name]
+    function.signature.name = renamed[name]
+    digest.update(function.SerializeToString(deterministic=True))
+  return digest.hexdigest()[:16]
+
+
+class _StateSaveable(saveable_object.SaveableObject):
+  """Lets a Saver write a serialized iterator state; restoring goes
+  through InputPosition.restore instead."""
+
+  def __init__(self, state, name):
+    spec = saveable_object.SaveSpec(state, '', name)
+    super(_StateSaveable, self).__init__(state, [spec], name)
+
+  def restore(self, restored_tensors, restored_shapes):
+    del restored_tensors, restored_shapes
+    return tf.no_op()
+
+
+def _state_variable(name):
+  return tf.raw_ops.VarHandleOp(dtype=tf.variant,
+                                shape=tf.TensorShape(None),
+                                shared_name='hookestimator_input_' + name,
+                                name=name)
+
+
+def _read(variable):
+  return tf.raw_ops.ReadVariableOp(resource=variable, dtype=tf.variant)
+
+
+class InputPosition(object):
+  """Snapshots, saves and restores the iterator that `initializer` starts.
+
+  Build it in the training graph before it is finalized; then, in the
+  session, `start()` once before the first loop, `restore()` from the
+  checkpoint the session resumed from, `snapshot_op` (or `rewind_op`, to
+  save the input's beginning after it ended) at each checkpoint, and give
+  `saveable` to the saver that writes the snapshots.
+  """
+
+  def __init__(self, initializer):
+    dataset, iterator = initializer.inputs[0], initializer.inputs[1]
+    self.key = KEY_PREFIX + fingerprint(initializer.graph, dataset)
+    with initializer.graph.as_default(), v1.name_scope('input_position'), \
+        v1.colocate_with(iterator.op):
+      serialized = compat.serialize_iterator(iterator)
+      start = _state_variable('start')
+      state = _state_variable('state')
+      self._keep_start_op = tf.raw_ops.AssignVariableOp(resource=start,
+                                                        value=serialized)
+      self.snapshot_op = tf.raw_ops.AssignVariableOp(resource=state,
+                                                     value=serialized)
+      self.rewind_op = tf.raw_ops.AssignVariableOp(resource=state,
+                                                   value=_read(start))
+      self.saveable = _StateSaveable(_read(state), self.key)
+      self._prefix = v1.placeholder(tf.string, [], name='checkpoint')
+      restored = tf.raw_ops.RestoreV2(
+          prefix=self._prefix, tensor_names=[self.key],
+          shape_and_slices=[''], dtypes=[tf.variant])[0]
+      self._restore_op = tf.raw_ops.DeserializeIterator(
+          resource_handle=iterator, serialized=restored)
+
+  def start(self, session):
+    """Keeps the input's beginning; returns whether its state can be saved.
+
+    Run once the iterator is initialised and before anything reads it.
+    """
+    try:
+      session.run(self._keep_start_op)
+      return True
+    except tf.errors.OpError as error:
+      log.warning(
+          'The input position cannot be saved with checkpoints (%s); a run '
+          'resumed from a checkpoint starts the input from its beginning.',
+          error.message.split('\n')[0])
+      return False
+
+  def restore(self, session, checkpoint_path, keys):
+    """Continues the input where `checkpoint_path` (holding `keys`) left it.
+
+    Returns whether a position was restored.
+    """
+    if self.key in keys:
+      session.run(self._restore_op, {self._prefix: checkpoint_path})
+      log.info('Input position restored from checkpoint %s.',
+               checkpoint_path)
+      return True
+    if any(is_input_position_key(key) for key in keys):
+      log.warning('Checkpoint %s holds the position of a different input '
+                  'pipeline; this input starts from its beginning.',
+                  checkpoint_path)
+    else:
+      log.info('Checkpoint %s holds no input position; the input starts '
+               'from its beginning.', checkpoint_path)
+    return False

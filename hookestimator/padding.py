@@ -1,0 +1,141 @@
+"""Host-side padding of evaluation and prediction input, and its markers.
+
+Every batch the device sees has exactly `batch_size` rows. A short batch
+(the last one of a dataset batched without drop_remainder) is padded on the
+host, and an endless run of all-padding batches follows the real ones, so
+that the device loop never waits on an empty feed (a TPU's hardware infeed
+cannot be closed) and every loop runs the steps it was given. Each batch
+carries a per-row state alongside it:
+
+  REAL      a real example: counted by metrics, returned by predict
+  PADDING   a padding row of a short batch: dropped on the host
+  PAST_END  a batch after the end of the data: dropped, and its first row
+            tells the device loop that the input has ended
+
+The padded dataset yields `(inputs, state)`, where `inputs` is
+`(features, labels)` or `(features,)` when the input has no labels.
+"""
+import tensorflow as tf
+
+from hookestimator.compat import DatasetBase, v1
+
+REAL = 1
+PADDING = 0
+PAST_END = -1
+
+
+def split_element(structure):
+  """(features, labels) of a dataset element's structure, as tf.estimator
+  reads it: a pair is (features, labels), anything else is features."""
+  if isinstance(structure, tuple) and len(structure) == 2:
+    return structure[0], structure[1]
+  return structure, None
+
+
+def _component_names(features, labels):
+  names = []
+  for root, part in (('features', features), ('labels', labels)):
+    if part is None:
+      continue
+    paths = _paths(part)
+    names.extend(root + path for path in paths)
+  return names
+
+
+def _paths(structure):
+  if isinstance(structure, dict):
+    return ['[%r]%s' % (key, sub) for key in sorted(structure)
+            for sub in _paths(structure[key])]
+  if isinstance(structure, (list, tuple)):
+    return ['[%d]%s' % (index, sub) for index, part in enumerate(structure)
+            for sub in _paths(part)]
+  return ['']
+
+
+def check_input(dataset, batch_size):
+  """Checks an evaluation or prediction dataset; returns whether it has
+  labels.
+
+  Every component needs a leading batch axis that is either static and
+  equal to `batch_size`, or unknown (a dataset batched without
+  drop_remainder); the other dimensions must be static.
+  """
+  if not isinstance(dataset, DatasetBase):
+    raise TypeError('input_fn must return a tf.data.Dataset, got %r' %
+                    (dataset,))
+  features, labels = split_element(v1.data.get_output_shapes(dataset))
+  names = _component_names(features, labels)
+  shapes = tf.nest.flatten(features) + (
+      [] if labels is None else tf.nest.flatten(labels))
+  for name, shape in zip(names, shapes):
+    if shape.ndims is None or shape.ndims < 1:
+      raise ValueError(
+          'input_fn dataset component %s has shape %s; expected a leading '
+          'batch dimension (batch the dataset by params["batch_size"] = %d)'
+          % (name, shape, batch_size))
+    rows = tf.compat.dimension_value(shape[0])
+    if rows is not None and rows != batch_size:
+      raise ValueError(
+          'input_fn dataset component %s has shape %s; expected a batch '
+          'dimension equal to params["batch_size"] = %d, or unknown (batch '
+          'without drop_remainder: the last short batch is padded)' %
+          (name, shape, batch_size))
+    if not shape[1:].is_fully_defined():
+      raise ValueError(
+          'input_fn dataset component %s has shape %s; the feeding queues '
+          'need static shapes after the batch dimension (pad to a fixed '
+          'size)' % (name, shape))
+  return labels is not None
+
+
+def _pad_rows(tensor, batch_size):
+  rows = tf.shape(tensor)[0]
+  paddings = [[0, batch_size - rows]] + [[0, 0]] * (tensor.shape.ndims - 1)
+  padded = tf.pad(tensor, paddings)
+  padded.set_shape([batch_size] + tensor.shape[1:].as_list())
+  return padded
+
+
+def _zeros(shape, dtype, batch_size):
+  full = [batch_size] + shape[1:].as_list()
+  if dtype == tf.string:
+    return tf.fill(full, '')
+  return tf.zeros(full, dtype)
+
+
+def pad_dataset(dataset, batch_size):
+  """The dataset as `(inputs, state)` batches of exactly `batch_size` rows,
+  followed by endless PAST_END batches. Call check_input first."""
+  has_labels = split_element(v1.data.get_output_shapes(dataset))[1] is not None
+
+  def pad(*element):
+    element = element if len(element) > 1 else element[0]
+    inputs = split_element(element) if has_labels else (element,)
+    first = tf.nest.flatten(inputs)[0]
+    rows = tf.shape(first)[0]
+    check = tf.debugging.assert_less_equal(
+        rows, batch_size, message='An input_fn batch has more rows than '
+        'the batch size, %d' % batch_size)
+    with tf.control_dependencies([check]):
+      state = tf.where(tf.range(batch_size) < rows,
+                       tf.fill([batch_size], REAL),
+                       tf.fill([batch_size], PADDING))
+      padded = tf.nest.map_structure(lambda t: _pad_rows(t, batch_size),
+                                     inputs)
+    return padded, state
+
+  real = dataset.map(pad)
+  types = v1.data.get_output_types(real)[0]
+  shapes = v1.data.get_output_shapes(real)[0]
+  past_end = tf.data.Dataset.from_tensors(0).map(
+      lambda _: (tf.nest.map_structure(
+          lambda shape, dtype: _zeros(shape, dtype, batch_size),
+          shapes, types), tf.fill([batch_size], PAST_END))).repeat()
+  return real.concatenate(past_end), has_labels
+
+
+def unpack_inputs(inputs):
+  """(features, labels) of the `inputs` part of a padded batch."""
+  if len(inputs) == 2:
+    return inputs[0], inputs[1]
+  return inputs[0], None

@@ -1,0 +1,241 @@
+"""hookestimator.tpu: code written for tf.compat.v1.estimator.tpu runs with
+only its import line changed, and gives what TPUEstimator gives."""
+import logging
+import os
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import hookestimator as he
+from hookestimator import compat
+from hookestimator import tpu
+from tests import inference_models as models
+from tests.conftest import framework_threads
+
+v1 = tf.compat.v1
+ORIGINAL_IMPORT = 'from tensorflow.compat.v1.estimator import tpu'
+DROP_IN_IMPORT = 'from hookestimator import tpu'
+MODEL_SOURCE = os.path.join(os.path.dirname(__file__), 'tpu_style_mnist.py')
+
+
+def _load(source, name):
+  module = types.ModuleType(name)
+  exec(compile(source, MODEL_SOURCE, 'exec'), module.__dict__)
+  return module
+
+
+@pytest.fixture(scope='module')
+def example_modules():
+  with open(MODEL_SOURCE) as f:
+    original = f.read()
+  changed = original.replace(ORIGINAL_IMPORT, DROP_IN_IMPORT)
+  differing = [(a, b) for a, b in zip(original.splitlines(),
+                                      changed.splitlines()) if a != b]
+  assert differing == [(ORIGINAL_IMPORT, DROP_IN_IMPORT)]
+  return _load(original, 'tpu_style_mnist'), _load(changed, 'drop_in_mnist')
+
+
+def test_tpu_estimator_example_runs_with_only_the_import_changed(
+    example_modules, tmp_path):
+  original, drop_in = example_modules
+  assert drop_in.tpu is tpu
+  # TensorFlow's TPUEstimator, on the CPU of this machine.
+  expected, expected_predictions = original.run(str(tmp_path / 'tf'),
+                                                use_tpu=False, train_steps=12)
+  # hookestimator: use_tpu=True falls back to the CPU; num_shards=8 is
+  # only meaningful on a TPU.
+  results, predictions = drop_in.run(str(tmp_path / 'he'), use_tpu=True,
+                                     train_steps=12)
+  assert results['global_step'] == expected['global_step'] == 12
+  assert results['accuracy'] == pytest.approx(expected['accuracy'])
+  assert results['loss'] == pytest.approx(expected['loss'], rel=1e-4)
+  # Ten predictions from a batch of 16: padded on the host, sliced back.
+  assert len(predictions) == len(expected_predictions) == 10
+  assert ([p['class_ids'] for p in predictions] ==
+          [p['class_ids'] for p in expected_predictions])
+  np.testing.assert_allclose(
+      np.stack([p['probabilities'] for p in predictions]),
+      np.stack([p['probabilities'] for p in expected_predictions]),
+      rtol=1e-4, atol=1e-6)
+  assert framework_threads() == []
+
+
+def _linear(features, labels, mode, params):
+  """A model that records what it sees in params."""
+  _linear.seen[mode] = dict(params)
+  return models.model_fn(features, labels, mode, params)
+
+
+_linear.seen = {}
+
+
+def _estimator(tmp_path, **kwargs):
+  config = tpu.RunConfig(model_dir=str(tmp_path / 'model'),
+                         save_checkpoints_steps=100,
+                         tpu_config=tpu.TPUConfig(iterations_per_loop=3))
+  kwargs.setdefault('train_batch_size', 8)
+  return tpu.TPUEstimator(model_fn=_linear, config=config, **kwargs)
+
+
+def test_params_batch_sizes_and_the_logged_device(tmp_path, caplog):
+  with caplog.at_level(logging.INFO, logger='hookestimator.tpu'):
+    est = _estimator(tmp_path, params={'learning_rate': 0.1},
+                     eval_batch_size=4, predict_batch_size=2)
+  assert [r.getMessage() for r in caplog.records] == [
+      'TPUEstimator(use_tpu=True) runs on cpu']
+  assert est.config.tpu_config.iterations_per_loop == 3
+  est.train(models.train_input_fn, max_steps=3)
+  est.evaluate(lambda params: models.dataset(6, params['batch_size']))
+  assert len(list(est.predict(lambda params: models.dataset(
+      5, params['batch_size'], labels=False)))) == 5
+  assert _linear.seen['train'] == {'learning_rate': 0.1, 'batch_size': 8,
+                                   'use_tpu': False}
+  assert _linear.seen['eval']['batch_size'] == 4
+  assert _linear.seen['infer']['batch_size'] == 2
+
+
+def test_choose_device():
+  def machine(*kinds):
+    return lambda kind: ['/device:%s:0' % kind] if kind in kinds else []
+  assert tpu.choose_device(True, machine('CPU', 'GPU', 'TPU')) == 'tpu'
+  assert tpu.choose_device(True, machine('CPU', 'GPU')) == 'gpu'
+  assert tpu.choose_device(True, machine('CPU')) == 'cpu'
+  assert tpu.choose_device(False, machine('CPU', 'GPU', 'TPU')) == 'gpu'
+  assert tpu.choose_device(False, machine('CPU')) == 'cpu'
+
+
+def _with_a_tpu(monkeypatch):
+  real = compat.physical_devices
+  monkeypatch.setattr(compat, 'physical_devices', lambda kind: (
+      ['/physical_device:TPU:0'] if kind == 'TPU' else real(kind)))
+
+
+def test_several_tpu_cores_are_refused_on_a_tpu(tmp_path, monkeypatch):
+  config = tpu.RunConfig(model_dir=str(tmp_path),
+                         tpu_config=tpu.TPUConfig(10, num_shards=8))
+  # No TPU here: num_shards means nothing, as with TPUEstimator on CPU.
+  assert tpu.TPUEstimator(_linear, config=config,
+                          train_batch_size=8).config.device == 'cpu'
+  _with_a_tpu(monkeypatch)
+  with pytest.raises(ValueError, match='num_shards=8 cannot be honoured'):
+    tpu.TPUEstimator(_linear, config=config, train_batch_size=8)
+  assert tpu.TPUEstimator(_linear, config=config, train_batch_size=8,
+                          use_tpu=False).config.device == 'cpu'
+
+
+def test_eval_on_tpu_false_evaluates_off_the_tpu(tmp_path, monkeypatch):
+  _estimator(tmp_path, use_tpu=False).train(models.train_input_fn, steps=2)
+  _with_a_tpu(monkeypatch)
+  est = _estimator(tmp_path, eval_on_tpu=False)
+  assert est.config.device == 'tpu'
+  results = est.evaluate(lambda params: models.dataset(6, 8))
+  assert results['global_step'] == 2
+  assert _linear.seen['eval']['use_tpu'] is False
+
+
+def test_warm_start_from_another_model(tmp_path):
+  donor = _estimator(tmp_path / 'donor', params={'learning_rate': 0.5})
+  donor.train(models.train_input_fn, steps=6)
+  warm = _estimator(tmp_path / 'warm', params={'learning_rate': 0.0},
+                    warm_start_from=donor.model_dir)
+  warm.train(models.train_input_fn, steps=1)
+  np.testing.assert_array_equal(warm.get_variable_value('w'),
+                                donor.get_variable_value('w'))
+  assert warm.get_variable_value('global_step') == 1
+  # Resuming reads the model's own checkpoint, not the donor.
+  warm.train(models.train_input_fn, steps=1)
+  assert warm.get_variable_value('global_step') == 2
+
+
+def test_tf_random_seed_makes_initialisation_repeatable(tmp_path):
+  def random_model(features, labels, mode, params):
+    spec = models.model_fn(features, labels, mode, params)
+    noise = v1.get_variable('noise', [3],
+                            initializer=v1.random_normal_initializer())
+    return spec._replace(loss=spec.loss + 0 * tf.reduce_sum(noise))
+  values = []
+  for index, seed in enumerate([5, 5, 6]):
+    config = tpu.RunConfig(model_dir=str(tmp_path / str(index)),
+                           tf_random_seed=seed)
+    est = tpu.TPUEstimator(random_model, config=config, train_batch_size=8)
+    est.train(models.train_input_fn, steps=1)
+    values.append(est.get_variable_value('noise'))
+  np.testing.assert_array_equal(values[0], values[1])
+  assert not np.array_equal(values[0], values[2])
+
+
+def test_spec_takes_tpu_estimator_spec_arguments_in_order():
+  with tf.Graph().as_default():
+    loss = tf.constant(1.0)
+    predictions = {'p': tf.zeros([2, 1])}
+    spec = tpu.TPUEstimatorSpec('infer', predictions, loss)
+  assert isinstance(spec, he.HookEstimatorSpec)
+  assert spec.predictions is predictions and spec.loss is loss
+
+
+@pytest.mark.parametrize('make,match', [
+    (lambda: tpu.RunConfig(train_distribute='mirrored'),
+     'train_distribute=.*cannot be honoured'),
+    (lambda: tpu.RunConfig(device_fn=lambda op: ''), 'device_fn'),
+    (lambda: tpu.RunConfig(keep_checkpoint_every_n_hours=1),
+     'keep_checkpoint_every_n_hours=1'),
+    (lambda: tpu.RunConfig(save_checkpoints_steps=5,
+                           save_checkpoints_secs=5), 'not both'),
+    (lambda: tpu.TPUConfig(iterations_per_loop='1h'),
+     "iterations_per_loop='1h' cannot be honoured"),
+    (lambda: tpu.TPUConfig(experimental_host_call_every_n_steps=10),
+     'experimental_host_call_every_n_steps=10'),
+    (lambda: tpu.TPUConfig(iterations_per_loop=0), 'iterations_per_loop.*0'),
+    (lambda: tpu.TPUEstimator(_linear, embedding_config_spec=object()),
+     'embedding_config_spec'),
+    (lambda: tpu.TPUEstimator(_linear, export_to_cpu=False),
+     'export_to_cpu=False'),
+    (lambda: tpu.TPUEstimator(_linear, params={'context': 1}),
+     "reserved key 'context'"),
+    (lambda: tpu.TPUEstimator(_linear, train_batch_size=0),
+     'train_batch_size.*0'),
+    (lambda: tpu.TPUEstimator(_linear, warm_start_from=3),
+     'warm_start_from must be'),
+    (lambda: tpu.TPUEstimator(_linear, model_dir='/a', config=tpu.RunConfig(
+        model_dir='/b')), "model_dir='/a' differs"),
+])
+def test_arguments_that_cannot_be_honoured_are_refused(make, match):
+  with pytest.raises((ValueError, TypeError), match=match):
+    make()
+
+
+def test_arguments_without_meaning_here_are_accepted(tmp_path):
+  config = tpu.RunConfig(
+      tpu_config=tpu.TPUConfig(
+          iterations_per_loop=2, num_shards=8,
+          per_host_input_for_training=tpu.InputPipelineConfig.PER_HOST_V2,
+          tpu_job_name='worker', initial_infeed_sleep_secs=1),
+      master='grpc://10.0.0.1:8470', evaluation_master='', cluster=None,
+      model_dir=str(tmp_path), save_summary_steps=10, protocol='grpc',
+      session_creation_timeout_secs=60)
+  est = tpu.TPUEstimator(_linear, config=config, train_batch_size=8,
+                         batch_axis=(0, 0), export_to_tpu=True)
+  est.train(models.train_input_fn, steps=2)
+  assert est.get_variable_value('global_step') == 2
+
+
+@pytest.mark.parametrize('call,match', [
+    (lambda est: est.train(models.train_input_fn, steps=1,
+                           saving_listeners=[object()]), 'saving_listeners'),
+    (lambda est: est.export_saved_model('/tmp/x', lambda: None,
+                                        experimental_mode='train'),
+     "experimental_mode='train'"),
+])
+def test_method_arguments_that_cannot_be_honoured(tmp_path, call, match):
+  with pytest.raises(ValueError, match=match):
+    call(_estimator(tmp_path))
+
+
+def test_a_missing_batch_size_is_named_when_needed(tmp_path):
+  est = _estimator(tmp_path, train_batch_size=None, predict_batch_size=4)
+  with pytest.raises(ValueError, match='train needs a batch size'):
+    est.train(models.train_input_fn, steps=1)
+  with pytest.raises(ValueError, match='eval needs a batch size'):
+    est.evaluate(models.train_input_fn, steps=1)
