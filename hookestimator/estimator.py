@@ -1,7 +1,6 @@
 """HookEstimator: builds the training graph and its hooks, and runs the loops."""
 import inspect
 import logging
-import os
 import tempfile
 
 import tensorflow as tf
@@ -24,7 +23,6 @@ from hookestimator.compat import v1
 from hookestimator.controller import ErrorRendezvous
 from hookestimator.host_call import OutfeedReader
 from hookestimator.input_position import is_input_position_key
-from hookestimator.spec import ModeKeys
 
 log = logging.getLogger(__name__)
 

@@ -136,10 +136,9 @@ class MetricsReader(object):
 
   def read_loop(self, session, count):
     """Handles up to `count` steps; returns how many came through."""
-    try:
-      out = session.run(self._fetches, {self._outfeed.count: count})
-    except tf.errors.OutOfRangeError:
-      return 0  # the queue was closed with no step left in it
+    out = self._outfeed.run_dequeue(session, self._fetches, count)
+    if out is None:
+      return 0
     counts = out['count']
     with self._lock:
       self._examples += int(np.sum(counts))

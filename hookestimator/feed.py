@@ -174,6 +174,14 @@ class HostOutfeed(object):
       self.dequeue_op = self._dequeue_up_to(self.count)
       self._make_close_ops()
 
+  def run_dequeue(self, session, fetches, count):
+    """Runs `fetches` (built on dequeue_op) for up to `count` steps; None
+    when the queue was closed with no step left in it."""
+    try:
+      return session.run(fetches, {self.count: count})
+    except tf.errors.OutOfRangeError:
+      return None
+
   def _dequeue_up_to(self, count):
     values = self._queue.dequeue_up_to(count, name='outfeed_dequeue')
     return list(values) if isinstance(values, (list, tuple)) else [values]

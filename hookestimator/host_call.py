@@ -91,10 +91,9 @@ class OutfeedReader(object):
 
   def read_loop(self, session, count):
     """Handles up to `count` steps; returns how many came through."""
-    try:
-      out = session.run(self._fetches, {self._outfeed.count: count})
-    except tf.errors.OutOfRangeError:
-      return 0  # the queue was closed with no step left in it
+    out = self._outfeed.run_dequeue(session, self._fetches, count)
+    if out is None:
+      return 0
     steps = out['step']
     for index, step in enumerate(steps):
       summary = v1.Summary()

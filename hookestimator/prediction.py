@@ -73,10 +73,7 @@ class PredictionReader(object):
 
   def read_loop(self, session, count):
     """Handles up to `count` steps; returns how many came through."""
-    try:
-      out = session.run(self._fetches, {self._outfeed.count: count})
-    except tf.errors.OutOfRangeError:
-      out = None  # the queue was closed with no step left in it
+    out = self._outfeed.run_dequeue(session, self._fetches, count)
     batches = []
     steps = 0 if out is None else len(out[0])
     for step in range(steps):

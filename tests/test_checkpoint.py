@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import hookestimator as he
 from hookestimator import checkpoint as checkpoint_lib
 from tests.conftest import framework_threads, input_fn, linear_model_fn
 from tests.faults import child as child_lib
