@@ -229,7 +229,8 @@ def evaluate(exp, estimator, stream=None):
   results = estimator.evaluate(exp.model.eval_input_fn, steps=exp.eval_steps)
   return ['Evaluated %s at global step %d: %s' % (
       estimator.model_dir, results['global_step'], _metrics(results)),
-          '  TensorBoard: %s' % os.path.join(estimator.model_dir, 'eval')]
+          '  TensorBoard: %s --logdir %s' % (_tensorboard(),
+                                            estimator.model_dir)]
 
 
 def predict(exp, estimator, stream=None):
@@ -288,7 +289,13 @@ def main(argv=None, stream=None):
   run_mode = {'train': train, 'evaluate': evaluate, 'predict': predict,
               'train_and_evaluate': train_and_evaluate}[args.mode]
   lines = run_mode(exp, estimator, stream)
-  print('\n' + '\n'.join(lines + ['  operative config: %s' % config_path]))
+  lines.append('  operative config: %s' % config_path)
+  if args.mode in ('train', 'train_and_evaluate'):
+    lines.append(
+        'The same command again resumes from the checkpoint; raise '
+        "experiment.train_steps (--gin_param='TRAIN_STEPS = N' with "
+        'runs/base.gin) to train further.')
+  print('\n' + '\n'.join(lines))
   return 0
 
 
@@ -304,10 +311,15 @@ def _trained(estimator, progress):
           estimator.model_dir, _checkpoint_step(estimator),
           '' if progress.loss is None else ', loss %.4f' % progress.loss),
       '  checkpoint:       %s' % estimator.latest_checkpoint(),
-      '  TensorBoard:      tensorboard --logdir %s' % estimator.model_dir,
-      'The same command again resumes from the checkpoint; raise '
-      "experiment.train_steps (--gin_param='TRAIN_STEPS = N' with "
-      'runs/base.gin) to train further.']
+      '  TensorBoard:      %s --logdir %s' % (_tensorboard(),
+                                                estimator.model_dir)]
+
+
+def _tensorboard():
+  """The tensorboard command beside this Python, if there is one."""
+  beside = os.path.join(os.path.dirname(sys.executable), 'tensorboard')
+  return beside if os.path.exists(beside) else 'tensorboard'
+
 
 
 def _parser():

@@ -48,7 +48,7 @@ class ProgressHook(v1.train.SessionRunHook):
     self._bar = None
     self._start_step = self._start_time = None
     self._step = self._loss = None
-    self._logged_at = None
+    self._logged_at = self._logged_step = None
 
   def begin(self):
     self._fetches = loop_lib.loop_outputs()
@@ -86,7 +86,7 @@ class ProgressHook(v1.train.SessionRunHook):
     return (self._step - self._start_step) * self._batch_size / seconds
 
   def _log(self):
-    self._logged_at = self._clock()
+    self._logged_at, self._logged_step = self._clock(), self._step
     rate = self.examples_per_sec() / self._batch_size
     left = self._last_step - self._step
     log.info('step %d/%d (%d%%), loss %.4g, %.0f examples/sec, ETA %s',
@@ -98,5 +98,5 @@ class ProgressHook(v1.train.SessionRunHook):
     if self._bar is not None:
       self._bar.close()
       self._bar = None
-    elif self._loss is not None:
+    elif self._loss is not None and self._logged_step != self._step:
       self._log()

@@ -63,6 +63,7 @@ def test_tiny_run_writes_checkpoint_operative_config_and_events(
   assert 'global step 60' in out
   assert str(tmp_path / 'operative_config-0.gin') in out
   assert 'tensorboard --logdir %s' % tmp_path in out
+  assert out.index('operative config') < out.index('The same command again')
 
 
 def test_gin_params_override_the_files(tmp_path):

@@ -51,6 +51,7 @@ def test_log_lines_without_a_terminal_with_eta(make_estimator, caplog):
   assert lines[-1].startswith('step 20/20 (100%), loss ')
   assert 'examples/sec, ETA 0m00s' in lines[-1]
   assert 'ETA' in lines[0] and 'ETA 0m00s' not in lines[0]
+  assert len(set(lines)) == len(lines)  # the end does not repeat a line
 
 
 def test_resumed_bar_starts_at_the_checkpoint(make_estimator):
@@ -77,3 +78,16 @@ def test_outside_a_training_loop_names_the_problem():
   with tf.Graph().as_default():
     with pytest.raises(ValueError, match='no hookestimator training loop'):
       hook.begin()
+
+
+def test_end_does_not_repeat_the_last_line(make_estimator, caplog):
+  est = make_estimator(batch_size=4, iterations_per_loop=5)
+  hook = ProgressHook(20, batch_size=4, stream=io.StringIO(),
+                      log_every_secs=1, clock=FakeClock())
+  with caplog.at_level(logging.INFO, logger='hookestimator.progress'):
+    est.train(input_fn, max_steps=20, hooks=[hook])
+  lines = [r.getMessage() for r in caplog.records
+           if r.name == 'hookestimator.progress']
+  # One line per loop (the fake clock moves a second per look), none more.
+  assert [line.split(' (')[0] for line in lines] == [
+      'step 5/20', 'step 10/20', 'step 15/20', 'step 20/20']
