@@ -29,6 +29,7 @@ class Device(object):
     # On TPU the whole loop is one TPU program; nothing is placed by hand.
     self.model_device = None if kind == 'tpu' else '/device:%s:0' % kind.upper()
     self.init_graph = None
+    self._found = None
     self._init_op = None
     self._shutdown_op = None
     if kind == 'tpu':
@@ -48,8 +49,10 @@ class Device(object):
           "device=%r was requested but this machine has no %s device; found "
           '%s.%s' % (self.kind, self.kind.upper(), ', '.join(everything) or
                      'no devices', hint))
-    log.info('Training on %s; %s devices found: %s', self.kind,
-             self.kind.upper(), ', '.join(found))
+    if found != self._found:  # said once, though several hooks may ask
+      log.info('Running on %s; %s devices found: %s', self.kind,
+               self.kind.upper(), ', '.join(found))
+      self._found = found
     return found
 
   def initialize(self, session_config=None):
