@@ -11,7 +11,7 @@ from hookestimator.evaluation import _Outfed as EvalOutfed
 from hookestimator.inference import InferencePipeline
 from hookestimator.prediction import _Outfed as PredictOutfed
 from tests import inference_models as models
-from tests.test_tpu_graph import _op_types
+from tests.test_tpu_graph import assert_one_tpu_program_between_hardware_feeds
 
 v1 = tf.compat.v1
 
@@ -70,12 +70,7 @@ def test_tpu_inference_loop_is_one_program_between_hardware_feeds(mode,
         lambda f, l, m: models.model_fn(f, l, m, {}), mode, outfed)
     if mode == 'eval':
       MetricsReader(pipeline.outfeed, outfed)
-  types = _op_types(graph)
-  for op_type in ('TPUReplicateMetadata', 'InfeedEnqueueTuple',
-                  'InfeedDequeueTuple', 'OutfeedEnqueueTuple',
-                  'OutfeedDequeueTuple'):
-    assert op_type in types
-  assert not types & {'FIFOQueueV2', 'QueueCloseV2'}
+  assert_one_tpu_program_between_hardware_feeds(graph)
   assert pipeline.cancel_ops is None and pipeline.drain_ops == ()
   # Row states first, then [loss, labels, logits] or the predictions.
   dtypes = [t.dtype for t in pipeline.outfeed.dequeue_op]

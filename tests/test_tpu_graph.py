@@ -13,6 +13,17 @@ from tests.conftest import dataset_of, linear_model_fn
 v1 = tf.compat.v1
 
 
+def assert_one_tpu_program_between_hardware_feeds(graph):
+  """The graph runs a TPU program fed by the hardware infeed and outfeed,
+  with no host queues."""
+  types = _op_types(graph)
+  for op_type in ('TPUReplicateMetadata', 'InfeedEnqueueTuple',
+                  'InfeedDequeueTuple', 'OutfeedEnqueueTuple',
+                  'OutfeedDequeueTuple'):
+    assert op_type in types
+  assert not types & {'FIFOQueueV2', 'QueueCloseV2'}
+
+
 def _op_types(graph):
   """Op types in the graph and in every function it holds (loop bodies)."""
   graph_def = graph.as_graph_def()
@@ -51,13 +62,8 @@ def tpu_graph():
 
 def test_tpu_loop_is_one_tpu_program_between_hardware_feeds(tpu_graph):
   graph, _, infeed, outfeed, loop, reader = tpu_graph
-  types = _op_types(graph)
-  for op_type in ('TPUReplicateMetadata', 'InfeedEnqueueTuple',
-                  'InfeedDequeueTuple', 'OutfeedEnqueueTuple',
-                  'OutfeedDequeueTuple'):
-    assert op_type in types
-  # No host queues on the TPU path, and nothing to close.
-  assert not types & {'FIFOQueueV2', 'QueueCloseV2'}
+  assert_one_tpu_program_between_hardware_feeds(graph)
+  # Nothing to close.
   assert infeed.close_op is None and outfeed.close_op is None
   # The enqueue loop feeds `count` batches in one run; the outfeed brings
   # back (global step, loss, host_call tensor) stacked over the loop.
