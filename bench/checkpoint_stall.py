@@ -31,10 +31,8 @@ from __future__ import absolute_import, division, print_function
 import argparse
 import os
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -42,7 +40,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import hookestimator as he  # noqa: E402
-from bench.loop_speed import describe_machine  # noqa: E402
+from bench import loop_speed  # noqa: E402
+from bench.loop_speed import describe_machine, median  # noqa: E402
 
 v1 = tf.compat.v1
 
@@ -92,18 +91,13 @@ def estimator_model_fn(features, labels, mode, params):
   return v1.estimator.EstimatorSpec(mode=mode, loss=loss, train_op=train_op)
 
 
-class System(object):
+class System(loop_speed.System):
+  """A trainer under test, saving as `saving` says."""
 
-  def __init__(self, name, saving, estimator):
-    self.name = name
+  def __init__(self, name, saving, estimator, iterations_per_loop):
+    super(System, self).__init__(name, iterations_per_loop, estimator,
+                                 input_fn)
     self.saving = saving
-    self.estimator = estimator
-    self.rates = []
-
-  def train(self, steps):
-    start = time.monotonic()
-    self.estimator.train(input_fn, steps=steps)
-    return time.monotonic() - start
 
 
 def make_systems(root, interval):
@@ -117,7 +111,7 @@ def make_systems(root, interval):
     systems.append(System('tf.estimator.Estimator', saving,
                           v1.estimator.Estimator(
                               estimator_model_fn, config=config,
-                              params={'batch_size': BATCH_SIZE})))
+                              params={'batch_size': BATCH_SIZE}), 1))
   for saving, every, params in (
       ('never', NEVER, {}),
       ('every loop, async (default)', interval, {}),
@@ -128,20 +122,15 @@ def make_systems(root, interval):
         keep_checkpoint_max=KEEP, log_step_count_steps=NEVER)
     systems.append(System('hookestimator', saving, he.HookEstimator(
         hook_model_fn, config=config, params=params,
-        train_batch_size=BATCH_SIZE)))
+        train_batch_size=BATCH_SIZE), interval))
   return systems
-
-
-def _median(values):
-  values = [v for v in values if v == v]
-  return statistics.median(values) if values else float('nan')
 
 
 def print_table(systems, args):
   never = {}
   for system in systems:
     if system.saving == 'never':
-      never[system.name] = _median(system.rates)
+      never[system.name] = median(system.rates)
   baseline = never['tf.estimator.Estimator']
   print()
   print('Checkpoint stall: ~%d MB of variables, checkpoint every %d steps; '
@@ -153,7 +142,7 @@ def print_table(systems, args):
         'stall per checkpoint, ms | ratio to Estimator never saving |')
   print('|---|---|---:|---:|---:|---:|')
   for system in systems:
-    rate = _median(system.rates)
+    rate = median(system.rates)
     own = never[system.name]
     stall = ((1.0 / rate - 1.0 / own) * args.interval * 1000
              if system.saving != 'never' else 0.0)
@@ -177,11 +166,8 @@ def run(args):
       sys.stdout.flush()
     for repeat in range(args.repeats):
       for system in systems:
-        base = system.train(args.base_steps)
-        long_call = system.train(args.base_steps + args.steps)
-        rate = args.steps / (long_call - base) if long_call > base else (
-            float('nan'))
-        system.rates.append(rate)
+        rate, base, long_call = system.marginal_rate(args.base_steps,
+                                                     args.steps)
         print('repeat %d %-24s %-30s %.2f s, %.2f s -> %.0f steps/sec' % (
             repeat + 1, system.name, system.saving, base, long_call, rate))
         sys.stdout.flush()

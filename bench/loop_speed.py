@@ -139,10 +139,11 @@ def estimator_model_fn(features, labels, mode, params):
 class System(object):
   """One trainer under test, in a model_dir of its own."""
 
-  def __init__(self, name, iterations_per_loop, estimator):
+  def __init__(self, name, iterations_per_loop, estimator, input_fn=input_fn):
     self.name = name
     self.iterations_per_loop = iterations_per_loop
     self.estimator = estimator
+    self.input_fn = input_fn
     self.steps_trained = 0
     self.warmup_seconds = None
     self.rates = []
@@ -152,10 +153,21 @@ class System(object):
     """Trains `steps` steps; returns the wall time of the train() call."""
     gc.collect()
     start = time.monotonic()
-    self.estimator.train(input_fn, steps=steps)
+    self.estimator.train(self.input_fn, steps=steps)
     seconds = time.monotonic() - start
     self.steps_trained += steps
     return seconds
+
+  def marginal_rate(self, base_steps, steps):
+    """Steps/sec of `steps` more steps: a call of base_steps and one of
+    base_steps + steps, so fixed per-call costs cancel. Appends the rate to
+    `rates`; returns (rate, base call seconds, long call seconds)."""
+    base = self.train(base_steps)
+    long_call = self.train(base_steps + steps)
+    delta = long_call - base
+    rate = steps / delta if delta > 0 else float('nan')
+    self.rates.append(rate)
+    return rate, base, long_call
 
   def global_step(self):
     return int(self.estimator.get_variable_value(v1.GraphKeys.GLOBAL_STEP))
@@ -218,13 +230,14 @@ def _fmt(value, pattern):
   return 'n/a' if value is None or value != value else pattern % value
 
 
-def _median(values):
+def median(values):
+  """The median of the values that are numbers (NaN where none is)."""
   values = [v for v in values if v == v]
   return statistics.median(values) if values else float('nan')
 
 
 def print_tables(systems, args):
-  baseline = _median(systems[0].rates)
+  baseline = median(systems[0].rates)
   print()
   print('Training-loop throughput, batch %d, median of %d repeat(s) of '
         '%d steps (marginal speed: fixed per-call cost excluded)' %
@@ -234,7 +247,7 @@ def print_tables(systems, args):
         'ratio to tf.estimator.Estimator |')
   print('|---|---:|---:|---:|---:|')
   for system in systems:
-    rate = _median(system.rates)
+    rate = median(system.rates)
     print('| %s | %d | %s | %s | %s |' % (
         system.name, system.iterations_per_loop, _fmt(rate, '%.1f'),
         _fmt(rate * BATCH_SIZE, '%.0f'),
@@ -250,7 +263,7 @@ def print_tables(systems, args):
     print('| %s | %d | %s | %s | %s |' % (
         system.name, system.iterations_per_loop,
         ', '.join(_fmt(r, '%.1f') for r in system.rates),
-        _fmt(_median(system.fixed_costs), '%.2f'),
+        _fmt(median(system.fixed_costs), '%.2f'),
         _fmt(system.warmup_seconds, '%.2f')))
 
 
@@ -275,11 +288,8 @@ def run(args):
       sys.stdout.flush()
     for repeat in range(args.repeats):
       for system in systems:
-        base = system.train(args.base_steps)
-        long_call = system.train(args.base_steps + args.steps)
-        delta = long_call - base
-        rate = args.steps / delta if delta > 0 else float('nan')
-        system.rates.append(rate)
+        rate, base, long_call = system.marginal_rate(args.base_steps,
+                                                     args.steps)
         system.fixed_costs.append(
             base - args.base_steps / rate if rate == rate else float('nan'))
         print('repeat %d %-24s ipl %3d: %d steps in %.2f s, %d steps in '

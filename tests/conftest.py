@@ -95,6 +95,23 @@ class StepRecorder(v1.train.SessionRunHook):
     self.calls.append('end')
 
 
+class HookFailure(Exception):
+  """Raised by FailingHook."""
+
+
+class FailingHook(v1.train.SessionRunHook):
+  """Raises HookFailure in the after_run of run `fail_on_run` (1-based)."""
+
+  def __init__(self, fail_on_run):
+    self._runs = 0
+    self._fail_on_run = fail_on_run
+
+  def after_run(self, run_context, run_values):
+    self._runs += 1
+    if self._runs == self._fail_on_run:
+      raise HookFailure('hook failed after run %d' % self._runs)
+
+
 def read_scalars(model_dir):
   """{tag: {step: value}} from every event file under model_dir (not sub-dirs)."""
   import glob

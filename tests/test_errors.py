@@ -5,8 +5,8 @@ import time
 import pytest
 import tensorflow as tf
 
-from tests.conftest import (StepRecorder, framework_threads, input_fn,
-                            linear_model_fn)
+from tests.conftest import (FailingHook, HookFailure, StepRecorder,
+                            framework_threads, input_fn, linear_model_fn)
 
 v1 = tf.compat.v1
 DEADLINE_SECS = 30
@@ -85,38 +85,26 @@ def test_host_call_python_error_keeps_its_type(make_estimator):
   _train_expecting(est, tf.errors.OpError, 'host_call exploded', steps=100)
 
 
-class FailingHook(v1.train.SessionRunHook):
-
-  def __init__(self, fail_on_run):
-    self._runs = 0
-    self._fail_on_run = fail_on_run
-
-  def after_run(self, run_context, run_values):
-    self._runs += 1
-    if self._runs == self._fail_on_run:
-      raise Boom('hook failed after run %d' % self._runs)
-
-
 @pytest.mark.timeout(60)
 def test_user_hook_error_keeps_its_type_and_message(make_estimator):
   est = make_estimator(iterations_per_loop=3)
-  error = _train_expecting(est, Boom, 'hook failed after run 2',
+  error = _train_expecting(est, HookFailure, 'hook failed after run 2',
                            steps=100, hooks=[FailingHook(2)])
-  assert isinstance(error, Boom)
+  assert isinstance(error, HookFailure)
 
 
 @pytest.mark.timeout(60)
 def test_training_hook_error_from_model_fn(make_estimator):
   est = make_estimator(iterations_per_loop=2,
                        params={'hooks': [FailingHook(1)]})
-  _train_expecting(est, Boom, 'hook failed after run 1', steps=100)
+  _train_expecting(est, HookFailure, 'hook failed after run 1', steps=100)
 
 
 @pytest.mark.timeout(60)
 def test_a_failed_train_leaves_the_estimator_usable(make_estimator):
   est = make_estimator(iterations_per_loop=3)
   est.train(input_fn, steps=3)
-  _train_expecting(est, Boom, 'hook failed', steps=100,
+  _train_expecting(est, HookFailure, 'hook failed', steps=100,
                    hooks=[FailingHook(1)])
   recorder = StepRecorder()
   est.train(input_fn, steps=3, hooks=[recorder])

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 import hookestimator as he
+from tests.conftest import FailingHook
 
 v1 = tf.compat.v1
 
@@ -124,22 +125,6 @@ class Announce(v1.train.SessionRunHook):
     if self._loops == 1:
       emit('training')
     time.sleep(self._loop_sleep)
-
-
-class HookFailure(Exception):
-  """Raised by FailingHook."""
-
-
-class FailingHook(v1.train.SessionRunHook):
-
-  def __init__(self, fail_on_run):
-    self._runs = 0
-    self._fail_on_run = fail_on_run
-
-  def after_run(self, run_context, run_values):
-    self._runs += 1
-    if self._runs == self._fail_on_run:
-      raise HookFailure('hook failed after run %d' % self._runs)
 
 
 class QueueProbe(v1.train.SessionRunHook):
