@@ -140,7 +140,8 @@ class HookEstimator(object):
     """The value of variable `name` in the latest checkpoint (numpy)."""
     return v1.train.load_variable(self._require_checkpoint(), name)
 
-  def _checkpoint_step(self):
+  def checkpoint_step(self):
+    """The global step of the latest checkpoint in model_dir; 0 when none."""
     path = self.latest_checkpoint()
     if path is None:
       return 0
@@ -167,7 +168,7 @@ class HookEstimator(object):
       if not isinstance(hook, v1.train.SessionRunHook):
         raise TypeError('hooks must be SessionRunHook instances, got %r' %
                         (hook,))
-    start_step = self._checkpoint_step()
+    start_step = self.checkpoint_step()
     if max_steps is not None and start_step >= max_steps:
       log.info('Skipping training: the checkpoint is at step %d and '
                'max_steps=%d', start_step, max_steps)
@@ -241,7 +242,7 @@ class HookEstimator(object):
                                                allow_none=True)
     name = evaluation.check_name(name)
     user_hooks = inference.check_hooks(hooks)
-    if self._checkpoint_step() >= max_steps:
+    if self.checkpoint_step() >= max_steps:
       log.info('The checkpoint is at or past max_steps=%d; evaluating only',
                max_steps)
       return [self.evaluate(eval_input_fn, steps=eval_steps, name=name)]
@@ -330,7 +331,7 @@ class HookEstimator(object):
       _run_loops(creator, all_hooks, device_loop.train_op, rendezvous,
                  aborts=[feeding.abort] + ([extra.abort] if extra else []) +
                  [checkpoints.abort, device_system.close])
-    signal_stop.raise_if_stopped(self._checkpoint_step(),
+    signal_stop.raise_if_stopped(self.checkpoint_step(),
                                  self.latest_checkpoint())
 
   def _call_input_fn(self, input_fn, params):

@@ -236,7 +236,7 @@ def evaluate(exp, estimator, stream=None):
 def predict(exp, estimator, stream=None):
   """Writes the predictions on the held-out data as JSON lines."""
   del stream
-  step = _checkpoint_step(estimator)
+  step = estimator.checkpoint_step()
   path = os.path.join(estimator.model_dir, 'predictions-%d.jsonl' % step)
   count = 0
   with tf.io.gfile.GFile(path, 'w') as f:
@@ -285,7 +285,7 @@ def main(argv=None, stream=None):
     print('hookestimator: configuration error: %s' % error, file=sys.stderr)
     return EXIT_CONFIG_ERROR
   config_path = save_operative_config(args.model_dir,
-                                      _checkpoint_step(estimator))
+                                      estimator.checkpoint_step())
   run_mode = {'train': train, 'evaluate': evaluate, 'predict': predict,
               'train_and_evaluate': train_and_evaluate}[args.mode]
   lines = run_mode(exp, estimator, stream)
@@ -299,16 +299,10 @@ def main(argv=None, stream=None):
   return 0
 
 
-def _checkpoint_step(estimator):
-  if estimator.latest_checkpoint() is None:
-    return 0
-  return int(estimator.get_variable_value(v1.GraphKeys.GLOBAL_STEP))
-
-
 def _trained(estimator, progress):
   return [
       'Trained %s to global step %d%s.' % (
-          estimator.model_dir, _checkpoint_step(estimator),
+          estimator.model_dir, estimator.checkpoint_step(),
           '' if progress.loss is None else ', loss %.4f' % progress.loss),
       '  checkpoint:       %s' % estimator.latest_checkpoint(),
       '  TensorBoard:      %s --logdir %s' % (_tensorboard(),
