@@ -9,7 +9,6 @@ SIGKILL, even in the middle of a checkpoint write, loses nothing a resumed
 run cannot redo: it ends at exactly the step asked for, having read every
 example exactly once per epoch.
 """
-import glob
 import json
 import os
 import queue
@@ -109,11 +108,14 @@ class Child(object):
 
 
 def checkpoint_steps(model_dir):
-  """Loads every tensor of every checkpoint on disk; returns their steps,
-  and the latest checkpoint's step (None without one)."""
+  """Loads every tensor of every checkpoint the checkpoint state lists;
+  returns their steps, and the latest checkpoint's step (None without one).
+
+  A save cut short by SIGKILL may leave partial files behind; only the
+  checkpoints the state file names have to load."""
   steps = []
-  for index in sorted(glob.glob(os.path.join(model_dir, 'model.ckpt-*.index'))):
-    prefix = index[:-len('.index')]
+  state = v1.train.get_checkpoint_state(model_dir)
+  for prefix in (state.all_model_checkpoint_paths if state else []):
     reader = v1.train.NewCheckpointReader(prefix)
     for key in reader.get_variable_to_shape_map():
       if not is_input_position_key(key):
