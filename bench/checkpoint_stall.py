@@ -199,9 +199,8 @@ def parse_args(argv=None):
     args.repeats = 1 if args.quick else 3
   if args.base_steps is None:
     args.base_steps = args.interval
-  for name in ('interval', 'steps', 'base_steps', 'repeats'):
-    if getattr(args, name) <= 0:
-      parser.error('--%s must be positive' % name.replace('_', '-'))
+  loop_speed.require_positive(parser, args,
+                              ('interval', 'steps', 'base_steps', 'repeats'))
   if args.steps % args.interval or args.base_steps % args.interval:
     parser.error('--steps and --base-steps must be multiples of --interval')
   return args

@@ -344,10 +344,17 @@ def parse_args(argv=None):
   if args.warmup_steps is None:
     args.warmup_steps = (QUICK_WARMUP_STEPS if args.quick else
                          DEFAULT_WARMUP_STEPS)
-  for name in ('steps', 'repeats', 'base_steps', 'warmup_steps'):
+  require_positive(parser, args, ('steps', 'repeats', 'base_steps',
+                                   'warmup_steps'))
+  return args
+
+
+def require_positive(parser, args, names):
+  """Exits through parser.error naming the first of `names` that is not
+  positive."""
+  for name in names:
     if getattr(args, name) <= 0:
       parser.error('--%s must be positive' % name.replace('_', '-'))
-  return args
 
 
 def main(argv=None):

@@ -26,6 +26,17 @@ def dataset(num_examples, batch_size, labels=True, drop_remainder=False,
       batch_size, drop_remainder=drop_remainder)
 
 
+def failing_dataset(batch_size, threshold):
+  """`dataset(200, batch_size)` whose map raises InvalidArgumentError
+  'eval input failed' at the first batch holding an x[:, 0] >= threshold."""
+  def check(x, y):
+    ok = tf.debugging.Assert(tf.reduce_all(x[:, 0] < threshold),
+                             ['eval input failed'])
+    with tf.control_dependencies([ok]):
+      return tf.identity(x), y
+  return dataset(200, batch_size).map(check)
+
+
 def train_input_fn(params):
   x, y = data(64, seed=1)
   return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(

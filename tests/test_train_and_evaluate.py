@@ -98,12 +98,7 @@ def test_resuming_and_a_finished_model(tmp_path):
 @pytest.mark.timeout(60)
 def test_an_error_in_an_evaluation_comes_out_with_no_thread_left(tmp_path):
   def failing_eval_input_fn(params):
-    def check(x, y):
-      ok = tf.debugging.Assert(tf.reduce_all(x[:, 0] < 1.0),
-                               ['eval input failed'])
-      with tf.control_dependencies([ok]):
-        return tf.identity(x), y
-    return models.dataset(200, params['batch_size']).map(check)
+    return models.failing_dataset(params['batch_size'], threshold=1.0)
   est = models.make(tmp_path, iterations_per_loop=2)
   with pytest.raises(tf.errors.InvalidArgumentError,
                      match='eval input failed'):
