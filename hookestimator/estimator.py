@@ -289,10 +289,13 @@ class HookEstimator(object):
     # Hardware feeds (TPU) have no close ops: an error closes the session.
     closable = infeed.close_op is not None
     cancel_ops = [infeed.close_op, outfeed.cancel_op] if closable else None
+    # Host queues are read in batches of steps; a hardware outfeed is read
+    # loop by loop, as the TPU program fills it.
     feeding = hooks_lib.InfeedOutfeedHook(
         loop_state, infeed, reader, rendezvous,
         drain_ops=[infeed.close_op, outfeed.close_op] if closable else (),
-        cancel_ops=cancel_ops)
+        cancel_ops=cancel_ops,
+        outfeed_batch_steps=feed.OUTFEED_BATCH_STEPS if closable else 1)
     device_system = hooks_lib.DeviceSystemHook(
         device, close_ops=cancel_ops or (),
         session_config=config.session_config)
@@ -321,8 +324,9 @@ class HookEstimator(object):
         signals.SignalStopHook(signal_stop),
     ] + ([extra] if extra else []) + list(device_loop.spec.training_hooks) + (
         user_hooks + [device_system])
-    session_config = config.session_config or v1.ConfigProto(
-        allow_soft_placement=True)
+    session_config, feeding_options = feed.feeding_session_config(
+        config.session_config)
+    infeed.run_options = outfeed.run_options = feeding_options
     tf.io.gfile.makedirs(self.model_dir)
     creator = v1.train.ChiefSessionCreator(
         scaffold=scaffold, checkpoint_dir=self.model_dir,

@@ -21,6 +21,34 @@ HOST_DEVICE = '/device:CPU:0'
 INFEED_CAPACITY = 8
 # Steps of outfed values buffered ahead of the outfeed thread.
 OUTFEED_CAPACITY = 256
+# Training reads the outfeed once this many steps are waiting: half the
+# queue, so the device can always enqueue while the host has not yet read.
+OUTFEED_BATCH_STEPS = OUTFEED_CAPACITY // 2
+# Threads of the inter-op pool the feeding threads' session.runs use.
+FEEDING_POOL_THREADS = 2
+
+
+def feeding_session_config(session_config):
+  """(config, run_options): a copy of `session_config` (None: soft
+  placement) with one more inter-op thread pool, and the RunOptions that
+  run on it.
+
+  The feeding threads run their session.runs on that pool, so that their
+  ops never wait in line behind the device loop's ops: the infeed keeps
+  ahead of the loop it feeds.
+  """
+  config = v1.ConfigProto(allow_soft_placement=True)
+  if session_config is not None:
+    config.CopyFrom(session_config)
+  if not config.session_inter_op_thread_pool:
+    # The first pool serves every run that names none, as the session's
+    # single pool did.
+    config.session_inter_op_thread_pool.add(
+        num_threads=config.inter_op_parallelism_threads)
+  config.session_inter_op_thread_pool.add(num_threads=FEEDING_POOL_THREADS)
+  options = v1.RunOptions(
+      inter_op_thread_pool=len(config.session_inter_op_thread_pool) - 1)
+  return config, options
 
 
 def dataset_structure(dataset, batch_size):
@@ -96,6 +124,8 @@ class HostInfeed(object):
     self.initializer = self._iterator.initializer
     # Set once the dataset has run out (read after the infeed thread ended).
     self.input_ended = False
+    # The RunOptions of the enqueue runs (feeding_session_config's).
+    self.run_options = None
 
   def _make_queue(self):
     self._queue = v1.FIFOQueue(INFEED_CAPACITY, self._types,
@@ -125,7 +155,8 @@ class HostInfeed(object):
     the batches already enqueued and then stops.
     """
     try:
-      session.run(self.enqueue_loop, {self.count: count})
+      session.run(self.enqueue_loop, {self.count: count},
+                  options=self.run_options)
       return True
     except tf.errors.OutOfRangeError:
       self.input_ended = True
@@ -146,6 +177,8 @@ class HostOutfeed(object):
     self._types = None
     self._shapes = None
     self.count = None
+    # The RunOptions of the dequeue runs (feeding_session_config's).
+    self.run_options = None
 
   def enqueue(self, values):
     """Enqueues one step's `values`; called inside the device loop."""
@@ -178,7 +211,8 @@ class HostOutfeed(object):
     """Runs `fetches` (built on dequeue_op) for up to `count` steps; None
     when the queue was closed with no step left in it."""
     try:
-      return session.run(fetches, {self.count: count})
+      return session.run(fetches, {self.count: count},
+                         options=self.run_options)
     except tf.errors.OutOfRangeError:
       return None
 

@@ -137,10 +137,16 @@ class InfeedOutfeedHook(v1.train.SessionRunHook):
   unblock any pending queue op. `cancel_ops=None` says no op can unblock
   the queues (a TPU's hardware feeds): on an error the session is closed,
   which cancels every pending run.
+
+  The outfeed controller is signalled once at least `outfeed_batch_steps`
+  steps are waiting (and at the end), so that with short loops one read
+  takes many loops' steps. The device never waits on this as long as the
+  outfeed queue holds 2 * outfeed_batch_steps steps.
   """
 
   def __init__(self, loop_state, infeed, reader, rendezvous, drain_ops=(),
-               cancel_ops=(), join_timeout=JOIN_TIMEOUT_SECS):
+               cancel_ops=(), join_timeout=JOIN_TIMEOUT_SECS,
+               outfeed_batch_steps=1):
     self._loop_state = loop_state
     self._infeed = infeed
     self._reader = reader
@@ -148,7 +154,11 @@ class InfeedOutfeedHook(v1.train.SessionRunHook):
     self._drain_ops = list(drain_ops)
     self._cancel_ops = None if cancel_ops is None else list(cancel_ops)
     self._join_timeout = join_timeout
-    self._controllers = []
+    self._outfeed_batch_steps = config_lib.check_positive_int(
+        'outfeed_batch_steps', outfeed_batch_steps)
+    self._unread_steps = 0
+    self._infeed_controller = None
+    self._outfeed_controller = None
     self._session = None
 
   def after_create_session(self, session, coord):
@@ -159,21 +169,29 @@ class InfeedOutfeedHook(v1.train.SessionRunHook):
     # old ones only ever ran on the old session.
     self.join()
     self._session = session
-    self._controllers = [
-        Controller('InfeedController',
-                   lambda count: self._infeed.run_loop(session, count),
-                   self._rendezvous).start(),
-        Controller('OutfeedController',
-                   lambda count: self._reader.read_loop(session, count),
-                   self._rendezvous).start(),
-    ]
+    self._unread_steps = 0
+    self._infeed_controller = Controller(
+        'InfeedController', lambda count: self._infeed.run_loop(session, count),
+        self._rendezvous).start()
+    self._outfeed_controller = Controller(
+        'OutfeedController',
+        lambda count: self._reader.read_loop(session, count),
+        self._rendezvous).start()
 
   def before_run(self, run_context):
     count = self._loop_state.iterations
-    for controller in self._controllers:
-      controller.signal(count)
+    self._infeed_controller.signal(count)
+    self._unread_steps += count
+    if self._unread_steps >= self._outfeed_batch_steps:
+      self._signal_outfeed()
+
+  def _signal_outfeed(self):
+    if self._unread_steps and self._outfeed_controller is not None:
+      self._outfeed_controller.signal(self._unread_steps)
+      self._unread_steps = 0
 
   def end(self, session):
+    self._signal_outfeed()
     if self._drain_ops:
       try:
         session.run(self._drain_ops)
@@ -190,7 +208,9 @@ class InfeedOutfeedHook(v1.train.SessionRunHook):
 
   def join(self):
     """Lets the controllers finish their signalled work and joins them."""
-    controllers, self._controllers = self._controllers, []
+    controllers = [c for c in (self._infeed_controller,
+                               self._outfeed_controller) if c is not None]
+    self._infeed_controller = self._outfeed_controller = None
     for controller in controllers:
       controller.stop()
     for controller in controllers:

@@ -73,7 +73,8 @@ class OutfeedReader(object):
       self._fetches['scalars'] = v1.map_fn(
           lambda step_values: _scalar_values(host_call, keys, step_values),
           tuple(host_values), dtype=[tf.float32] * len(keys),
-          back_prop=False, name='host_call')
+          # In step order: an error in fn names the first step it hit.
+          parallel_iterations=1, back_prop=False, name='host_call')
     else:
       # No name scope here: it would prefix the tags of fn's summaries.
       placeholders = [v1.placeholder(t.dtype, t.shape)

@@ -154,8 +154,12 @@ class InferenceRun(object):
           device_system]
       self.aborts = [feeding.abort, device_system.close]
       self.fetch = pipeline.loop.stopped
+      session_config, feeding_options = feed.feeding_session_config(
+          config.session_config)
+      pipeline.infeed.run_options = feeding_options
+      pipeline.outfeed.run_options = feeding_options
       self.session_creator = session_creator(scaffold, checkpoint,
-                                             config.session_config)
+                                             session_config)
 
   def _make_reader(self, outfeed):
     """The outfeed controller's work: read_loop(session, count),
@@ -265,7 +269,7 @@ def _is_checkpoint(path):
 def session_creator(scaffold, checkpoint, session_config):
   return v1.train.ChiefSessionCreator(
       scaffold=scaffold, checkpoint_filename_with_path=checkpoint,
-      config=session_config or v1.ConfigProto(allow_soft_placement=True))
+      config=session_config)
 
 
 def next_loop_size(iterations_per_loop, steps, steps_done):

@@ -70,3 +70,46 @@ def test_outfeed_gives_back_a_loop_in_step_order_and_drains_after_close():
       assert list(steps) == [3, 4]
       with pytest.raises(tf.errors.OutOfRangeError):
         session.run(outfeed.dequeue_op, {outfeed.count: 1})
+
+
+def test_feeding_session_config_adds_a_pool_and_keeps_the_users_settings():
+  config, options = feed.feeding_session_config(None)
+  assert config.allow_soft_placement
+  assert [p.num_threads for p in config.session_inter_op_thread_pool] == [
+      0, feed.FEEDING_POOL_THREADS]
+  assert options.inter_op_thread_pool == 1
+
+  user = v1.ConfigProto(inter_op_parallelism_threads=3,
+                        intra_op_parallelism_threads=1,
+                        log_device_placement=True)
+  config, options = feed.feeding_session_config(user)
+  assert (config.intra_op_parallelism_threads,
+          config.log_device_placement) == (1, True)
+  assert [p.num_threads for p in config.session_inter_op_thread_pool] == [
+      3, feed.FEEDING_POOL_THREADS]
+  assert options.inter_op_thread_pool == 1
+  assert not user.session_inter_op_thread_pool  # the user's is not changed
+
+  user.session_inter_op_thread_pool.add(num_threads=4)
+  user.session_inter_op_thread_pool.add(num_threads=1)
+  config, options = feed.feeding_session_config(user)
+  assert [p.num_threads for p in config.session_inter_op_thread_pool] == [
+      4, 1, feed.FEEDING_POOL_THREADS]
+  assert options.inter_op_thread_pool == 2
+
+
+def test_the_feeds_run_on_the_feeding_pool():
+  with tf.Graph().as_default():
+    infeed = feed.HostInfeed(_numbered_batches(20), batch_size=2)
+    _, labels = infeed.dequeue()
+    config, options = feed.feeding_session_config(None)
+    infeed.run_options = options
+    with v1.Session(config=config) as session:
+      session.run(infeed.initializer)
+      assert infeed.run_loop(session, 3) is True
+      assert [int(session.run(labels)[0]) for _ in range(3)] == [0, 1, 2]
+    # The options name a pool only that config has: elsewhere they fail.
+    with v1.Session() as session:
+      session.run(infeed.initializer)
+      with pytest.raises(tf.errors.InvalidArgumentError):
+        infeed.run_loop(session, 3)

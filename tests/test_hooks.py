@@ -362,6 +362,30 @@ def test_feeding_hook_signals_both_controllers_in_order_and_joins_at_end():
   assert reader.flushes == [(id(session), [4, 4, 2], 0)]
 
 
+def test_feeding_hook_reads_the_outfeed_in_batches_of_steps():
+  loop_state = loop_lib.LoopState()
+  infeed, reader = FakeInfeed(), FakeReader()
+  session = FakeSession()
+  hook = _feeding_hook(loop_state, infeed, reader, drain_ops=['drain'],
+                       outfeed_batch_steps=8)
+  hook.after_create_session(session, v1.train.Coordinator())
+  try:
+    _signal_loops(hook, loop_state, [1] * 10 + [3, 3, 12, 1])
+  finally:
+    hook.end(session)
+  assert infeed.counts == [1] * 10 + [3, 3, 12, 1]
+  # Read once 8 steps are waiting, and what is left at the end.
+  assert reader.counts == [8, 8, 12, 1]
+  assert reader.flushes == [(id(session), [8, 8, 12, 1], 0)]
+  assert _controller_threads() == []
+
+
+def test_feeding_hook_rejects_a_bad_outfeed_batch():
+  with pytest.raises(ValueError, match='outfeed_batch_steps.*0'):
+    _feeding_hook(loop_lib.LoopState(), FakeInfeed(), FakeReader(),
+                  outfeed_batch_steps=0)
+
+
 class ClosableSession(FakeSession):
 
   def __init__(self):
