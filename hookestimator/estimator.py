@@ -324,7 +324,7 @@ class HookEstimator(object):
         signals.SignalStopHook(signal_stop),
     ] + ([extra] if extra else []) + list(device_loop.spec.training_hooks) + (
         user_hooks + [device_system])
-    session_config, feeding_options = feed.feeding_session_config(
+    session_config, loop_options, feeding_options = feed.session_pools(
         config.session_config)
     infeed.run_options = outfeed.run_options = feeding_options
     tf.io.gfile.makedirs(self.model_dir)
@@ -334,7 +334,8 @@ class HookEstimator(object):
     with signal_stop:
       _run_loops(creator, all_hooks, device_loop.train_op, rendezvous,
                  aborts=[feeding.abort] + ([extra.abort] if extra else []) +
-                 [checkpoints.abort, device_system.close])
+                 [checkpoints.abort, device_system.close],
+                 options=loop_options)
     signal_stop.raise_if_stopped(self.checkpoint_step(),
                                  self.latest_checkpoint())
 
@@ -373,7 +374,7 @@ class HookEstimator(object):
         local_init_op=local_init, summary_op=user.summary_op, saver=saver)
 
 
-def _run_loops(creator, hooks, fetch, rendezvous, aborts):
+def _run_loops(creator, hooks, fetch, rendezvous, aborts, options=None):
   """Runs `fetch` once per loop in a MonitoredSession until a hook stops.
 
   The end of input stops training cleanly (every hook's end() runs). Any
@@ -381,11 +382,11 @@ def _run_loops(creator, hooks, fetch, rendezvous, aborts):
   closes the queues first, then comes out with its original type and
   message.
   """
-  for _ in _loops(creator, hooks, fetch, rendezvous, aborts):
+  for _ in _loops(creator, hooks, fetch, rendezvous, aborts, options):
     pass
 
 
-def _loops(creator, hooks, fetch, rendezvous, aborts):
+def _loops(creator, hooks, fetch, rendezvous, aborts, options=None):
   """_run_loops as a generator of each loop's result. Closing it early
   stops the controllers, closes the queues and the session (hooks' end()
   does not run)."""
@@ -410,7 +411,7 @@ def _loops(creator, hooks, fetch, rendezvous, aborts):
     with session:
       try:
         while not session.should_stop():
-          yield session.run(fetch)
+          yield session.run(fetch, options=options)
       except GeneratorExit:
         abort()
         raise

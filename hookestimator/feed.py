@@ -26,29 +26,37 @@ OUTFEED_CAPACITY = 256
 OUTFEED_BATCH_STEPS = OUTFEED_CAPACITY // 2
 # Threads of the inter-op pool the feeding threads' session.runs use.
 FEEDING_POOL_THREADS = 2
+# Threads of the training loop's inter-op pool when the session config sets
+# none: the loop runs one step at a time (parallel_iterations=1), each
+# large op spreads over the intra-op threads, and one inter-op thread
+# avoids handing every small op between threads (measured by bench.peers:
+# faster for both the mlp and gpt2-tiny on two cores, and no more
+# half-speed sessions).
+LOOP_POOL_THREADS = 1
 
 
-def feeding_session_config(session_config):
-  """(config, run_options): a copy of `session_config` (None: soft
-  placement) with one more inter-op thread pool, and the RunOptions that
-  run on it.
+def session_pools(session_config):
+  """(config, loop_options, feeding_options): a copy of `session_config`
+  (None: soft placement) with two more inter-op thread pools, and the
+  RunOptions that run on each.
 
-  The feeding threads run their session.runs on that pool, so that their
-  ops never wait in line behind the device loop's ops: the infeed keeps
-  ahead of the loop it feeds.
+  The training loop runs on one, the feeding threads on the other, so
+  that their ops never wait in line behind each other's or behind other
+  runs (a checkpoint write, a hook's fetch), which keep the first pool.
   """
   config = v1.ConfigProto(allow_soft_placement=True)
   if session_config is not None:
     config.CopyFrom(session_config)
-  if not config.session_inter_op_thread_pool:
+  pools = config.session_inter_op_thread_pool
+  if not pools:
     # The first pool serves every run that names none, as the session's
     # single pool did.
-    config.session_inter_op_thread_pool.add(
-        num_threads=config.inter_op_parallelism_threads)
-  config.session_inter_op_thread_pool.add(num_threads=FEEDING_POOL_THREADS)
-  options = v1.RunOptions(
-      inter_op_thread_pool=len(config.session_inter_op_thread_pool) - 1)
-  return config, options
+    pools.add(num_threads=config.inter_op_parallelism_threads)
+  pools.add(num_threads=config.inter_op_parallelism_threads or
+            LOOP_POOL_THREADS)
+  pools.add(num_threads=FEEDING_POOL_THREADS)
+  return (config, v1.RunOptions(inter_op_thread_pool=len(pools) - 2),
+          v1.RunOptions(inter_op_thread_pool=len(pools) - 1))
 
 
 class CountedRun(object):
@@ -144,7 +152,7 @@ class HostInfeed(object):
     self.initializer = self._iterator.initializer
     # Set once the dataset has run out (read after the infeed thread ended).
     self.input_ended = False
-    # The RunOptions of the enqueue runs (feeding_session_config's).
+    # The RunOptions of the enqueue runs (session_pools').
     self.run_options = None
 
   def _make_queue(self):
@@ -196,7 +204,7 @@ class HostOutfeed(object):
     self._types = None
     self._shapes = None
     self.count = None
-    # The RunOptions of the dequeue runs (feeding_session_config's).
+    # The RunOptions of the dequeue runs (session_pools').
     self.run_options = None
 
   def enqueue(self, values):

@@ -154,7 +154,7 @@ class InferenceRun(object):
           device_system]
       self.aborts = [feeding.abort, device_system.close]
       self.fetch = pipeline.loop.stopped
-      session_config, feeding_options = feed.feeding_session_config(
+      session_config, _, feeding_options = feed.session_pools(
           config.session_config)
       pipeline.infeed.run_options = feeding_options
       pipeline.outfeed.run_options = feeding_options

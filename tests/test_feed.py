@@ -72,37 +72,39 @@ def test_outfeed_gives_back_a_loop_in_step_order_and_drains_after_close():
         session.run(outfeed.dequeue_op, {outfeed.count: 1})
 
 
-def test_feeding_session_config_adds_a_pool_and_keeps_the_users_settings():
-  config, options = feed.feeding_session_config(None)
+def _threads(config):
+  return [p.num_threads for p in config.session_inter_op_thread_pool]
+
+
+def test_session_pools_add_a_loop_and_a_feeding_pool_keeping_the_users():
+  config, loop, feeding = feed.session_pools(None)
   assert config.allow_soft_placement
-  assert [p.num_threads for p in config.session_inter_op_thread_pool] == [
-      0, feed.FEEDING_POOL_THREADS]
-  assert options.inter_op_thread_pool == 1
+  assert _threads(config) == [0, feed.LOOP_POOL_THREADS,
+                              feed.FEEDING_POOL_THREADS]
+  assert (loop.inter_op_thread_pool, feeding.inter_op_thread_pool) == (1, 2)
 
   user = v1.ConfigProto(inter_op_parallelism_threads=3,
                         intra_op_parallelism_threads=1,
                         log_device_placement=True)
-  config, options = feed.feeding_session_config(user)
+  config, loop, feeding = feed.session_pools(user)
   assert (config.intra_op_parallelism_threads,
           config.log_device_placement) == (1, True)
-  assert [p.num_threads for p in config.session_inter_op_thread_pool] == [
-      3, feed.FEEDING_POOL_THREADS]
-  assert options.inter_op_thread_pool == 1
+  # The user's inter-op setting sizes the first pool and the loop's.
+  assert _threads(config) == [3, 3, feed.FEEDING_POOL_THREADS]
   assert not user.session_inter_op_thread_pool  # the user's is not changed
 
   user.session_inter_op_thread_pool.add(num_threads=4)
   user.session_inter_op_thread_pool.add(num_threads=1)
-  config, options = feed.feeding_session_config(user)
-  assert [p.num_threads for p in config.session_inter_op_thread_pool] == [
-      4, 1, feed.FEEDING_POOL_THREADS]
-  assert options.inter_op_thread_pool == 2
+  config, loop, feeding = feed.session_pools(user)
+  assert _threads(config) == [4, 1, 3, feed.FEEDING_POOL_THREADS]
+  assert (loop.inter_op_thread_pool, feeding.inter_op_thread_pool) == (2, 3)
 
 
 def test_the_feeds_run_on_the_feeding_pool():
   with tf.Graph().as_default():
     infeed = feed.HostInfeed(_numbered_batches(20), batch_size=2)
     _, labels = infeed.dequeue()
-    config, options = feed.feeding_session_config(None)
+    config, _, options = feed.session_pools(None)
     infeed.run_options = options
     with v1.Session(config=config) as session:
       session.run(infeed.initializer)
