@@ -2,6 +2,8 @@
 #   make train    set up the TF 2.15 line and train the default experiment
 #   make test     set up the TF 2.15 line and run the tests
 #   make test-tf1 the same tests on the TF 1.15 line (needs a Python 3.7)
+#   make bench    the benchmark against the peers on the TF 2.15 line
+#   make bench-tf1 the same on the TF 1.15 line (no Keras rows there)
 
 PYTHON311 ?= python3
 PYTHON37 ?= $(shell PYENV_VERSION=3.7.16 pyenv which python3 2>/dev/null || command -v python3.7)
@@ -9,7 +11,7 @@ MODEL_DIR ?= runs/gpt2_tiny
 GIN_FILE ?= runs/gpt2_tiny.gin
 PYTEST_ARGS ?=
 
-.PHONY: train test test-tf1 venv venv-tf1 bench clean
+.PHONY: train test test-tf1 venv venv-tf1 bench bench-tf1 clean
 
 venv: .venv/.installed
 venv-tf1: .venv37/.installed
@@ -39,7 +41,10 @@ test-tf1: venv-tf1
 	.venv37/bin/python -m pytest -q $(PYTEST_ARGS) tests
 
 bench: venv
-	.venv/bin/python -m bench.loop_speed
+	.venv/bin/python -m bench.peers
+
+bench-tf1: venv-tf1
+	.venv37/bin/python -m bench.peers
 
 clean:
 	rm -rf .venv .venv37 runs

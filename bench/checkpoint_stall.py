@@ -20,7 +20,7 @@ iterations_per_loop = --interval, so one checkpoint per loop), or never:
   - hookestimator, every loop, written synchronously (a model that brings
     its own saver through scaffold_fn), to show what the snapshot buys.
 
-Throughput is marginal, as in bench.loop_speed: each repeat times a call
+Throughput is marginal, as in bench.peers: each repeat times a call
 of B steps and one of B + S steps, steps/sec = S / (t(B+S) - t(B)), so
 graph building, session start, the 100 MB restore and the final
 checkpoint cancel out. The stall per checkpoint is the time a checkpoint
@@ -40,8 +40,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import hookestimator as he  # noqa: E402
-from bench import loop_speed  # noqa: E402
-from bench.loop_speed import describe_machine, median  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import describe_machine, median  # noqa: E402
 
 v1 = tf.compat.v1
 
@@ -91,7 +91,7 @@ def estimator_model_fn(features, labels, mode, params):
   return v1.estimator.EstimatorSpec(mode=mode, loss=loss, train_op=train_op)
 
 
-class System(loop_speed.System):
+class System(common.System):
   """A trainer under test, saving as `saving` says."""
 
   def __init__(self, name, saving, estimator, iterations_per_loop):
@@ -199,8 +199,8 @@ def parse_args(argv=None):
     args.repeats = 1 if args.quick else 3
   if args.base_steps is None:
     args.base_steps = args.interval
-  loop_speed.require_positive(parser, args,
-                              ('interval', 'steps', 'base_steps', 'repeats'))
+  common.require_positive(parser, args,
+                          ('interval', 'steps', 'base_steps', 'repeats'))
   if args.steps % args.interval or args.base_steps % args.interval:
     parser.error('--steps and --base-steps must be multiples of --interval')
   return args

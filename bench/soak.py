@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import hookestimator as he  # noqa: E402
-from bench.loop_speed import describe_machine  # noqa: E402
+from bench.common import describe_machine  # noqa: E402
 
 v1 = tf.compat.v1
 BATCH_SIZE = 32

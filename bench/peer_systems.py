@@ -1,0 +1,456 @@
+"""The workloads and systems of bench.peers, and the child process that
+serves one system.
+
+A child is started by bench.peers as
+
+    python -m bench.peer_systems SYSTEM MODEL_DIR_ROOT
+
+It imports TensorFlow, answers {"ok": true, "ready": ...} and then reads
+one JSON command per line on stdin, answering each with one JSON line:
+
+    {"cmd": "warmup", "workloads": [...], "steps": {workload: n}}
+    {"cmd": "measure", "workload": W, "base": B, "steps": S}
+        -> base_seconds, long_seconds, rate = S / (long - base), and the
+           global step against the steps trained
+    {"cmd": "memory", "warmup": n, "steps": n}   (system hook100)
+        -> the samples taken after every loop
+    {"cmd": "quit"}
+
+Errors are answered as {"ok": false, "error": traceback}. The child exits
+when its stdin closes. Its file descriptor 1 is pointed at stderr so that
+nothing but the answers reaches the protocol channel.
+"""
+from __future__ import absolute_import, division, print_function
+
+import gc
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import hookestimator as he  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import BATCH_SIZE, NEVER  # noqa: E402
+
+v1 = tf.compat.v1
+
+GPT2_BATCH_SIZE = 32
+# models.gpt2.gpt2() with the values of gin/runs/gpt2_tiny.gin.
+GPT2_TINY = dict(seq_len=128, num_layers=2, d_model=128, num_heads=4,
+                 learning_rate=3e-3, warmup_steps=100, decay_steps=2000,
+                 clip_norm=1.0)
+GPT2_LIMIT_BATCHES = 16
+# The input-bound pipeline: this many rounds of x <- tanh(x @ M) on each
+# [64, 64] batch, M a constant. (A map per example would cost tf.data ~20 us
+# per example, ~10x an mlp step per batch: too much to show overlap.)
+INPUT_ROUNDS = 18
+
+# name -> (label, loop size as shown, workloads it can serve)
+SYSTEMS = {
+    'limit': ('the limit (bare while_loop)', '-', ('mlp', 'gpt2-tiny')),
+    'estimator': ('tf.estimator.Estimator', '-',
+                  ('mlp', 'gpt2-tiny', 'input-bound')),
+    'keras1': ('Keras Model.fit', '1', ('mlp',)),
+    'keras100': ('Keras Model.fit', '100', ('mlp',)),
+    'hook1': ('hookestimator', '1', ('mlp', 'gpt2-tiny')),
+    'hook10': ('hookestimator', '10', ('mlp', 'gpt2-tiny')),
+    'hook100': ('hookestimator', '100',
+                ('mlp', 'gpt2-tiny', 'host_call', 'input-bound')),
+    'hook1000': ('hookestimator', '1000', ('mlp',)),
+    'input-alone': ('input alone', '-', ('input-bound',)),
+}
+
+
+# ----------------------------------------------------------------- workloads
+class Workload(object):
+  """A model and its input: `step(features, labels)` returns the spec
+  pieces (loss, train_op, host_call or None); `input_fn(params)` the
+  training dataset; `batches()` numpy (features, labels) batches for the
+  limit."""
+
+  def __init__(self, name, batch_size, step, input_fn, batches):
+    self.name = name
+    self.batch_size = batch_size
+    self.step = step
+    self.input_fn = input_fn
+    self.batches = batches
+
+  def hook_model_fn(self, features, labels, mode):
+    loss, train_op, host_call = self.step(features, labels)
+    return he.HookEstimatorSpec(mode=mode, loss=loss, train_op=train_op,
+                                host_call=host_call)
+
+  def estimator_model_fn(self, features, labels, mode):
+    loss, train_op, _ = self.step(features, labels)
+    return v1.estimator.EstimatorSpec(mode=mode, loss=loss, train_op=train_op)
+
+
+def mlp_step(features, labels):
+  _, loss, train_op = common.mlp_logits_loss_and_train_op(features, labels)
+  return loss, train_op, None
+
+
+def three_scalars(loss, accuracy, mean_logit):
+  return {'host/loss': loss[0], 'host/accuracy': accuracy[0],
+          'host/mean_logit': mean_logit[0]}
+
+
+def mlp_host_call_step(features, labels):
+  """The MLP with a host_call of three scalars every step."""
+  logits, loss, train_op = common.mlp_logits_loss_and_train_op(features,
+                                                               labels)
+  accuracy = tf.reduce_mean(tf.cast(
+      tf.equal(tf.argmax(logits, 1, output_type=tf.int32), labels),
+      tf.float32))
+  tensors = [tf.reshape(t, [1]) for t in (loss, accuracy,
+                                          tf.reduce_mean(logits))]
+  return loss, train_op, (three_scalars, tensors)
+
+
+def mlp_batches():
+  return common.data_batches(BATCH_SIZE)
+
+
+def expensive_input_fn(params):
+  """The MLP's data, each batch put through INPUT_ROUNDS rounds of
+  x <- tanh(x @ M) (M a constant) in a sequential map (no parallel calls,
+  no prefetch): deliberately costly on the host, deterministic."""
+  mixing = np.random.RandomState(3).normal(
+      scale=1.0 / np.sqrt(common.NUM_INPUTS),
+      size=(common.NUM_INPUTS, common.NUM_INPUTS)).astype(np.float32)
+
+  def transform(features, labels):
+    m = tf.constant(mixing)
+    for _ in range(INPUT_ROUNDS):
+      features = tf.tanh(tf.matmul(features, m))
+    return features, labels
+  dataset = tf.data.Dataset.from_tensor_slices(common.DATA).repeat()
+  return dataset.batch(params['batch_size'], drop_remainder=True).map(
+      transform)
+
+
+def gpt2_workload():
+  from models import gpt2  # pylint: disable=g-import-not-at-top
+  model = gpt2.gpt2(**GPT2_TINY)
+
+  def step(features, labels):
+    # The model's own train step, its host_call dropped.
+    spec = model.model_fn(features, labels, tf.estimator.ModeKeys.TRAIN)
+    return spec.loss, spec.train_op, None
+
+  def batches():
+    """The first GPT2_LIMIT_BATCHES batches of the training input."""
+    with tf.Graph().as_default():
+      dataset = model.train_input_fn({'batch_size': GPT2_BATCH_SIZE})
+      next_batch = v1.data.make_one_shot_iterator(dataset).get_next()
+      with v1.Session() as session:
+        pairs = [session.run(next_batch) for _ in range(GPT2_LIMIT_BATCHES)]
+    return (np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
+  return Workload('gpt2-tiny', GPT2_BATCH_SIZE, step, model.train_input_fn,
+                  batches)
+
+
+def make_workload(name):
+  if name == 'mlp':
+    return Workload(name, BATCH_SIZE, mlp_step, common.input_fn, mlp_batches)
+  if name == 'host_call':
+    return Workload(name, BATCH_SIZE, mlp_host_call_step, common.input_fn,
+                    mlp_batches)
+  if name == 'input-bound':
+    return Workload(name, BATCH_SIZE, mlp_step, expensive_input_fn, None)
+  if name == 'gpt2-tiny':
+    return gpt2_workload()
+  raise ValueError('unknown workload %r' % name)
+
+
+# ------------------------------------------------------------------- runners
+class EstimatorRunner(object):
+  """tf.estimator.Estimator, one step per session.run."""
+
+  def __init__(self, workload, model_dir):
+    self._workload = workload
+    config = v1.estimator.RunConfig(
+        model_dir=model_dir, save_checkpoints_steps=NEVER,
+        save_summary_steps=NEVER, log_step_count_steps=NEVER)
+    self._estimator = v1.estimator.Estimator(
+        lambda features, labels, mode, params: workload.estimator_model_fn(
+            features, labels, mode),
+        config=config, params={'batch_size': workload.batch_size})
+
+  def train(self, steps):
+    self._estimator.train(self._workload.input_fn, steps=steps)
+
+  def global_step(self):
+    return int(self._estimator.get_variable_value(v1.GraphKeys.GLOBAL_STEP))
+
+
+class HookRunner(object):
+  """hookestimator.HookEstimator at one iterations_per_loop."""
+
+  def __init__(self, workload, model_dir, iterations_per_loop):
+    self._workload = workload
+    config = he.RunConfig(model_dir=model_dir,
+                          iterations_per_loop=iterations_per_loop,
+                          save_checkpoints_steps=NEVER,
+                          log_step_count_steps=NEVER)
+    self._estimator = he.HookEstimator(
+        workload.hook_model_fn, config=config,
+        train_batch_size=workload.batch_size)
+
+  def train(self, steps, hooks=None):
+    self._estimator.train(self._workload.input_fn, steps=steps, hooks=hooks)
+
+  def global_step(self):
+    return int(self._estimator.get_variable_value(v1.GraphKeys.GLOBAL_STEP))
+
+
+class KerasRunner(object):
+  """Keras Model.fit of the same MLP (TF 2 only): the same initialisers,
+  loss, optimizer and dataset; one compiled model, fit called per train."""
+
+  def __init__(self, workload, model_dir, steps_per_execution):
+    del model_dir  # Keras keeps no files here.
+    keras = tf.keras
+    self._model = keras.Sequential([
+        keras.layers.Dense(common.NUM_HIDDEN, activation='relu',
+                           kernel_initializer=keras.initializers.GlorotUniform(
+                               seed=1),
+                           input_shape=(common.NUM_INPUTS,)),
+        keras.layers.Dense(common.NUM_CLASSES,
+                           kernel_initializer=keras.initializers.GlorotUniform(
+                               seed=2)),
+    ])
+    self._model.compile(
+        optimizer=keras.optimizers.SGD(common.LEARNING_RATE),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        steps_per_execution=steps_per_execution)
+    self._dataset = workload.input_fn({'batch_size': workload.batch_size})
+
+  def train(self, steps):
+    self._model.fit(self._dataset, steps_per_epoch=steps, epochs=1,
+                    verbose=0)
+
+  def global_step(self):
+    return int(self._model.optimizer.iterations.numpy())
+
+
+def _in_loop_scope():
+  """Resource variables, so that variables made in a loop body are created
+  outside it (as hookestimator's device loop does)."""
+  return v1.variable_scope(v1.get_variable_scope(), use_resource=True)
+
+
+class LimitRunner(object):
+  """The same training step in one bare while_loop over batches held as
+  constants in the graph: no input pipeline, no hooks, no host round trips;
+  one session.run per train, the step count fed."""
+
+  def __init__(self, workload, model_dir):
+    del model_dir
+    features, labels = workload.batches()
+    self._graph = tf.Graph()
+    with self._graph.as_default():
+      self._global_step = v1.get_variable(
+          v1.GraphKeys.GLOBAL_STEP, shape=[], dtype=tf.int64,
+          initializer=v1.zeros_initializer(), trainable=False,
+          use_resource=True,
+          collections=[v1.GraphKeys.GLOBAL_VARIABLES,
+                       v1.GraphKeys.GLOBAL_STEP])
+      all_features = tf.constant(features)
+      all_labels = tf.constant(labels)
+      self._count = v1.placeholder(tf.int32, [], name='count')
+
+      def body(i):
+        index = i % len(labels)
+        _, train_op, _ = workload.step(all_features[index],
+                                       all_labels[index])
+        with tf.control_dependencies([train_op]):
+          return i + 1
+      with _in_loop_scope():
+        self._loop = v1.while_loop(lambda i: i < self._count, body,
+                                   [tf.constant(0)], parallel_iterations=1)
+      init = v1.global_variables_initializer()
+    self._session = v1.Session(graph=self._graph)
+    self._session.run(init)
+
+  def train(self, steps):
+    self._session.run(self._loop, {self._count: steps})
+
+  def global_step(self):
+    return int(self._session.run(self._global_step))
+
+
+class InputAloneRunner(object):
+  """The input pipeline alone: one while_loop pulling the batches from the
+  dataset's iterator, nothing else."""
+
+  def __init__(self, workload, model_dir):
+    del model_dir
+    self._graph = tf.Graph()
+    with self._graph.as_default():
+      dataset = workload.input_fn({'batch_size': workload.batch_size})
+      iterator = v1.data.make_initializable_iterator(dataset)
+      self._count = v1.placeholder(tf.int32, [], name='count')
+
+      def body(i):
+        batch = tf.nest.flatten(iterator.get_next())
+        with tf.control_dependencies(batch):
+          return i + 1
+      self._loop = v1.while_loop(lambda i: i < self._count, body,
+                                 [tf.constant(0)], parallel_iterations=1)
+    self._session = v1.Session(graph=self._graph)
+    self._session.run(iterator.initializer)
+    self._batches = 0
+
+  def train(self, steps):
+    self._batches += int(self._session.run(self._loop, {self._count: steps}))
+
+  def global_step(self):
+    return self._batches
+
+
+def make_runner(system, workload, model_dir):
+  if system == 'limit':
+    return LimitRunner(workload, model_dir)
+  if system == 'estimator':
+    return EstimatorRunner(workload, model_dir)
+  if system.startswith('keras'):
+    return KerasRunner(workload, model_dir, int(system[len('keras'):]))
+  if system.startswith('hook'):
+    return HookRunner(workload, model_dir, int(system[len('hook'):]))
+  if system == 'input-alone':
+    return InputAloneRunner(workload, model_dir)
+  raise ValueError('unknown system %r' % system)
+
+
+def timed(train, steps):
+  gc.collect()
+  start = time.monotonic()
+  train(steps)
+  return time.monotonic() - start
+
+
+# --------------------------------------------------------------- the memory
+class LoopSampler(v1.train.SessionRunHook):
+  """Samples RSS and thread counts after every loop."""
+
+  def __init__(self, iterations_per_loop, samples, start):
+    self._iterations_per_loop = iterations_per_loop
+    self._samples = samples
+    self._start = start
+    self._loops = 0
+
+  def after_run(self, run_context, run_values):
+    from bench import soak  # pylint: disable=g-import-not-at-top
+    self._loops += 1
+    self._samples.append(soak.sample(self._loops * self._iterations_per_loop,
+                                     self._start))
+
+
+def memory_run(model_dir, warmup_steps, steps):
+  """One warm-up train() call, then one of `steps` steps sampled after
+  every loop, with the 3-scalar host_call on, at iterations_per_loop 100."""
+  runner = HookRunner(make_workload('host_call'), model_dir, 100)
+  runner.train(warmup_steps)
+  samples = []
+  start = time.monotonic()
+  runner.train(steps, hooks=[LoopSampler(100, samples, start)])
+  return {'seconds': time.monotonic() - start, 'samples': samples}
+
+
+# ---------------------------------------------------------------- the child
+class Child(object):
+  """One system, serving the workloads it is asked for."""
+
+  def __init__(self, system, root):
+    self.system = system
+    self.root = root
+    self.runners = {}
+    self.trained = {}
+
+  def runner(self, workload):
+    if workload not in self.runners:
+      if workload not in SYSTEMS[self.system][2]:
+        raise ValueError('system %r does not serve workload %r' %
+                         (self.system, workload))
+      self.runners[workload] = make_runner(
+          self.system, make_workload(workload),
+          os.path.join(self.root, workload))
+      self.trained[workload] = 0
+    return self.runners[workload]
+
+  def train(self, workload, steps):
+    seconds = timed(self.runner(workload).train, steps)
+    self.trained[workload] += steps
+    return seconds
+
+  def handle(self, command):
+    cmd = command['cmd']
+    if cmd == 'warmup':
+      seconds = {}
+      for workload in command['workloads']:
+        start = time.monotonic()
+        self.train(workload, command['steps'][workload])
+        seconds[workload] = time.monotonic() - start
+      return {'seconds': seconds}
+    if cmd == 'measure':
+      workload, base, steps = (command['workload'], command['base'],
+                               command['steps'])
+      base_seconds = self.train(workload, base)
+      long_seconds = self.train(workload, base + steps)
+      delta = long_seconds - base_seconds
+      return {'base_seconds': base_seconds, 'long_seconds': long_seconds,
+              'rate': steps / delta if delta > 0 else None,
+              'global_step': self.runners[workload].global_step(),
+              'trained': self.trained[workload]}
+    if cmd == 'memory' and self.system == 'hook100':
+      return memory_run(os.path.join(self.root, 'memory'), command['warmup'],
+                        command['steps'])
+    raise ValueError('unknown command %r' % cmd)
+
+
+def serve(system, root):
+  protocol = os.fdopen(os.dup(1), 'w')
+  os.dup2(2, 1)  # Anything else printed goes to stderr.
+
+  def answer(message):
+    protocol.write(json.dumps(message) + '\n')
+    protocol.flush()
+
+  v1.logging.set_verbosity(v1.logging.ERROR)
+  os.makedirs(root, exist_ok=True)
+  try:
+    child = Child(system, root)
+    answer({'ok': True, 'ready': system, 'pid': os.getpid()})
+    for line in sys.stdin:
+      command = json.loads(line)
+      if command['cmd'] == 'quit':
+        break
+      try:
+        result = child.handle(command)
+        result['ok'] = True
+      except Exception:  # pylint: disable=broad-except
+        result = {'ok': False, 'error': traceback.format_exc()}
+      answer(result)
+  finally:
+    v1.summary.FileWriterCache.clear()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def main(argv=None):
+  argv = sys.argv[1:] if argv is None else argv
+  if len(argv) != 2 or argv[0] not in SYSTEMS:
+    sys.exit('usage: python -m bench.peer_systems SYSTEM MODEL_DIR_ROOT '
+             '(SYSTEM one of %s)' % ', '.join(sorted(SYSTEMS)))
+  serve(argv[0], argv[1])
+
+
+if __name__ == '__main__':
+  main()

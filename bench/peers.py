@@ -1,0 +1,382 @@
+"""hookestimator against its peers, each in its own process, side by side.
+
+Run from the repository root:
+
+    python -m bench.peers                      # full run, about 10 minutes
+    python -m bench.peers --quick              # smoke run, every row, ~2 min
+    python -m bench.peers --workloads mlp,host_call --repeats 5
+
+What is compared
+  Every system trains the same model on the same data with the same batch
+  size and optimizer, in an OS process of its own (bench/peer_systems.py):
+
+  - hookestimator at iterations_per_loop 1, 10, 100 and 1000;
+  - tf.estimator.Estimator (tf.compat.v1.estimator), one step per
+    session.run;
+  - Keras Model.fit at steps_per_execution 1 and 100 (TF 2 only);
+  - the limit: the same training step in one bare tf.compat.v1.while_loop
+    over batches held as constants in the graph: no input pipeline, no
+    hooks, no host round trips; one session.run per call.
+
+  Workloads:
+
+  - mlp: 64 inputs -> 256 relu -> 10 logits, batch 64, plain SGD lr 0.05,
+    4096 fixed examples (bench/common.py). Every system.
+  - gpt2-tiny: models.gpt2.gpt2() with gin/runs/gpt2_tiny.gin's values
+    (seq_len 128, 2 layers, d_model 128, 4 heads, Adam...), batch 32, its
+    model_fn with the host_call dropped; the limit holds the first 16
+    batches of the training input. No Keras (the model is built from
+    get_variable). Compute-bound: checks the framework adds ~nothing.
+  - host_call: the mlp at iterations_per_loop 100 with a host_call of
+    three scalars every step, against the same run without it (the mlp
+    row); cost = 1 - rate with / rate without.
+  - input-bound: the mlp fed by a pipeline whose host cost per batch is
+    of the order of a step (1.2 to 2x the mlp step at ipl 100 on a 2-core
+    machine; printed with the table): 18 rounds of x <- tanh(x @ M) on
+    each batch in a sequential map, no prefetch. (A map per example costs
+    ~20 us per example in tf.data alone, ~10x a step per batch, so the
+    chain runs once per batch.) Systems: hookestimator ipl 100 and
+    Estimator, against "input alone" (a while_loop pulling batches from
+    the same pipeline) and "compute alone" (the mlp limit). A framework
+    that overlaps feeding with compute reaches min(input alone, compute
+    alone); one that alternates them gets about 1 / (1/input + 1/compute).
+  - memory: hookestimator ipl 100 with the 3-scalar host_call (in the
+    ipl-100 child, after all throughput measurements): one warm-up train()
+    call, then one call of --memory-steps steps sampling VmRSS, the OS
+    thread count and threading.active_count() after every loop; growth =
+    mean of the last 10% of samples against the first 10%.
+
+  Periodic work is switched off as far as each system allows: checkpoints,
+  summaries and step-count logging every 10**9 steps. Each system keeps
+  its default session config and trains in a temporary model_dir.
+
+How throughput is measured (the same for every system)
+  Each system first runs one warm-up call. Then each repeat times
+  (time.monotonic, in the child) two consecutive calls, of B steps and of
+  B + S steps: train() calls; two model.fit(steps_per_epoch=n) calls on
+  one compiled Keras model; two session.runs of the limit's loop with the
+  step count fed. Fixed per-call costs (graph build, session start,
+  restore, final checkpoint) cancel in the difference:
+
+      steps/sec = S / (t(B + S steps) - t(B steps))
+
+  S is a multiple of every loop size in the workload, and each system's B
+  is at least its own loop size (mlp: B = 1,000, S = 10,000; gpt2-tiny:
+  B = 10, or 100 at iterations_per_loop 100, S = 100), so all loops are
+  full. Children start and warm up in parallel; then one measurement runs
+  at a time, round-robin (repeat 1 of every system and workload, then
+  repeat 2, ...), so slow drifts of a shared machine hit all alike.
+  Reported: the median over repeats, and every repeat's value. --quick
+  takes the same path with tiny step counts (loops not full) and one
+  repeat; its numbers mean nothing. The targets at the end are reported,
+  never enforced: the exit status is non-zero only on an error (a child
+  that fails, dies or does not answer in time, named with its stderr).
+"""
+from __future__ import absolute_import, division, print_function
+
+import argparse
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import tensorflow as tf  # noqa: E402
+
+from bench import peers_report  # noqa: E402
+from bench.common import describe_machine, require_positive  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IS_TF2 = int(tf.__version__.split('.')[0]) >= 2
+WORKLOADS = ('mlp', 'gpt2-tiny', 'host_call', 'input-bound', 'memory')
+
+# (warm-up, base B, timed S) steps per measured workload: (full, --quick).
+# In a full run a system's B is at least its loop size, so loops are full.
+STEPS = {
+    'mlp': ((1000, 1000, 10000), (100, 100, 1000)),
+    'host_call': ((1000, 1000, 10000), (100, 100, 1000)),
+    'input-bound': ((1000, 1000, 5000), (100, 100, 500)),
+    'gpt2-tiny': ((20, 10, 100), (10, 10, 10)),
+}
+MEMORY_WARMUP_STEPS = (1000, 100)
+DEFAULT_MEMORY_STEPS = 50000
+QUICK_MEMORY_STEPS = 1000
+MIN_MEMORY_STEPS = 20000
+# Seconds any one answer from a child may take: (full, --quick).
+TIMEOUTS = (900, 120)
+
+
+class BenchError(Exception):
+  """A child failed, died or did not answer in time."""
+
+
+def measured_pairs(workloads):
+  """The (workload, system) pairs to measure, in round-robin order:
+  the workloads' own and those their figures depend on."""
+  systems = {
+      'mlp': ['limit', 'estimator'] + (['keras1', 'keras100'] if IS_TF2
+                                       else []) +
+             ['hook1', 'hook10', 'hook100', 'hook1000'],
+      'host_call': ['hook100'],
+      'input-bound': ['input-alone', 'hook100', 'estimator'],
+      'gpt2-tiny': ['limit', 'estimator', 'hook1', 'hook10', 'hook100'],
+  }
+  needs = {'host_call': [('mlp', 'hook100')],
+           'input-bound': [('mlp', 'limit')]}
+  pairs = []
+  for workload in ('mlp', 'host_call', 'input-bound', 'gpt2-tiny'):
+    if workload in workloads:
+      wanted = [(workload, s) for s in systems[workload]]
+      for pair in needs.get(workload, []) + wanted:
+        if pair not in pairs:
+          pairs.append(pair)
+  order = {w: i for i, w in enumerate(('mlp', 'host_call', 'input-bound',
+                                       'gpt2-tiny'))}
+  return sorted(pairs, key=lambda pair: order[pair[0]])
+
+
+class Child(object):
+  """One child process serving one system; answers one JSON line per
+  command. Every read has a deadline."""
+
+  def __init__(self, system, root):
+    self.system = system
+    self._stderr = tempfile.TemporaryFile()
+    self._buffer = b''
+    self.process = subprocess.Popen(
+        [sys.executable, '-m', 'bench.peer_systems', system,
+         os.path.join(root, system)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+        cwd=REPO_ROOT, bufsize=0)
+
+  def stderr_tail(self, size=4000):
+    self._stderr.seek(0, os.SEEK_END)
+    self._stderr.seek(max(0, self._stderr.tell() - size))
+    return self._stderr.read().decode('utf-8', 'replace')
+
+  def error(self, text):
+    return BenchError('system %r: %s\n--- its stderr (tail) ---\n%s' % (
+        self.system, text, self.stderr_tail()))
+
+  def send(self, command):
+    try:
+      self.process.stdin.write((json.dumps(command) + '\n').encode('utf-8'))
+      self.process.stdin.flush()
+    except (IOError, OSError):
+      raise self.error('died (exit status %s) before %s' % (
+          self.process.poll(), command['cmd']))
+
+  def receive(self, what, timeout):
+    deadline = time.monotonic() + timeout
+    stdout = self.process.stdout
+    while b'\n' not in self._buffer:
+      remaining = deadline - time.monotonic()
+      if remaining <= 0:
+        self.kill()
+        raise self.error('no answer to %s within %g s; killed' %
+                         (what, timeout))
+      ready, _, _ = select.select([stdout], [], [], remaining)
+      if ready:
+        chunk = os.read(stdout.fileno(), 1 << 16)
+        if not chunk:
+          try:
+            status = self.process.wait(timeout=10)
+          except subprocess.TimeoutExpired:
+            status = 'unknown'
+          raise self.error('exited (status %s) during %s' % (status, what))
+        self._buffer += chunk
+    line, self._buffer = self._buffer.split(b'\n', 1)
+    try:
+      answer = json.loads(line.decode('utf-8'))
+    except ValueError:
+      raise self.error('answered %r to %s' % (line[:200], what))
+    if not answer.get('ok'):
+      raise self.error('failed in %s:\n%s' % (what, answer.get('error')))
+    return answer
+
+  def request(self, command, what, timeout):
+    self.send(command)
+    return self.receive(what, timeout)
+
+  def close(self, timeout=30):
+    """Closes stdin (the child then exits); kills it if it lingers."""
+    if self.process.poll() is None:
+      try:
+        self.process.stdin.close()
+        self.process.wait(timeout=timeout)
+      except (IOError, OSError, subprocess.TimeoutExpired):
+        pass
+    self.kill()
+    self._stderr.close()
+
+  def kill(self):
+    if self.process.poll() is None:
+      self.process.kill()
+      self.process.wait()
+
+
+def source_state():
+  """Which hookestimator was measured: the git commit, and whether
+  hookestimator/ differs from it (read-only git commands)."""
+  def git(*argv):
+    return subprocess.check_output(
+        ('git',) + argv, cwd=REPO_ROOT, stderr=subprocess.DEVNULL,
+        timeout=30).decode('utf-8', 'replace').strip()
+  try:
+    commit = git('rev-parse', '--short', 'HEAD')
+    dirty = git('status', '--porcelain', '--', 'hookestimator')
+  except (OSError, subprocess.SubprocessError):
+    return 'hookestimator source: unknown (no git)'
+  return 'hookestimator source: git %s%s' % (
+      commit, ' + uncommitted changes in hookestimator/' if dirty else '')
+
+
+def progress(text):
+  print(text)
+  sys.stdout.flush()
+
+
+def base_steps(workload, system, quick):
+  """B for `system`: the workload's, raised to the system's loop size in a
+  full run so that every loop is full."""
+  base = STEPS[workload][1 if quick else 0][1]
+  loop = peers_report.loop_size(system)
+  return base if quick or loop == '-' else max(base, int(loop))
+
+
+def measure(child, workload, repeat, quick, results, timeout):
+  """One repeat of `workload` on `child`: a call of B steps, then one of
+  B + S steps."""
+  base = base_steps(workload, child.system, quick)
+  steps = STEPS[workload][1 if quick else 0][2]
+  answer = child.request({'cmd': 'measure', 'workload': workload,
+                          'base': base, 'steps': steps},
+                         'measure %s' % workload, timeout)
+  results.add(workload, child.system, answer)
+  progress('repeat %d %-11s %-28s %5d steps %6.2f s, %5d steps %6.2f s -> '
+           '%s steps/sec' % (
+               repeat + 1, workload, peers_report.row_name(child.system),
+               base, answer['base_seconds'], base + steps,
+               answer['long_seconds'],
+               peers_report.fmt(answer['rate'], '%.1f')))
+
+
+def run(args):
+  index = 1 if args.quick else 0
+  timeout = TIMEOUTS[index]
+  pairs = measured_pairs(args.workloads)
+  systems = []
+  for _, system in pairs:
+    if system not in systems:
+      systems.append(system)
+  if 'memory' in args.workloads and 'hook100' not in systems:
+    systems.append('hook100')
+  results = peers_report.Results(args, IS_TF2, pairs)
+  machine = describe_machine() + [source_state()]
+  for line in machine:
+    progress(line)
+  root = tempfile.mkdtemp(prefix='peers_')
+  children = {}
+  start = time.monotonic()
+  try:
+    for system in systems:
+      children[system] = Child(system, root)
+    for system in systems:
+      children[system].receive('start-up', timeout)
+    progress('%d child processes ready after %.1f s' % (
+        len(children), time.monotonic() - start))
+    warmups = {}
+    for workload, system in pairs:
+      warmups.setdefault(system, []).append(workload)
+    for system, workloads in warmups.items():
+      children[system].send({
+          'cmd': 'warmup', 'workloads': workloads,
+          'steps': {w: STEPS[w][index][0] for w in workloads}})
+    for system in warmups:
+      answer = children[system].receive('warm-up', timeout)
+      for workload, seconds in answer['seconds'].items():
+        results.warmup_seconds[workload, system] = seconds
+    progress('warm-ups done after %.1f s (all children at once)' %
+             (time.monotonic() - start))
+    for repeat in range(args.repeats):
+      for workload, system in pairs:
+        measure(children[system], workload, repeat, args.quick, results,
+                timeout)
+    if 'memory' in args.workloads:
+      answer = children['hook100'].request(
+          {'cmd': 'memory', 'warmup': MEMORY_WARMUP_STEPS[index],
+           'steps': args.memory_steps}, 'memory run', timeout)
+      results.memory = answer
+      progress('memory run: %d steps in %.1f s, %d samples' % (
+          args.memory_steps, answer['seconds'], len(answer['samples'])))
+  finally:
+    for child in children.values():
+      child.close()
+    shutil.rmtree(root, ignore_errors=True)
+  progress('all measured after %.1f s' % (time.monotonic() - start))
+  lines = machine + [''] + results.report_lines()
+  print()
+  print('\n'.join(lines))
+  md_path, png_path = peers_report.write_files(args.out, lines, results)
+  print('\nWrote %s and %s' % (md_path, png_path))
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(
+      prog='python -m bench.peers',
+      description='hookestimator against tf.estimator.Estimator, Keras '
+      'Model.fit and a bare while_loop, each in its own process.')
+  parser.add_argument('--quick', action='store_true',
+                      help='smoke run: every row, tiny step counts, 1 repeat')
+  parser.add_argument('--repeats', type=int, default=None,
+                      help='repeats per system; the median is reported '
+                      '(default 3; 1 with --quick)')
+  parser.add_argument('--workloads', default=','.join(WORKLOADS),
+                      help='comma-separated subset of %s (default: all)' %
+                      ','.join(WORKLOADS))
+  parser.add_argument('--memory-steps', type=int, default=None,
+                      help='steps of the sampled memory call (default %d, '
+                      'at least %d, a multiple of 100; %d with --quick)' % (
+                          DEFAULT_MEMORY_STEPS, MIN_MEMORY_STEPS,
+                          QUICK_MEMORY_STEPS))
+  parser.add_argument('--out', default=os.path.join(REPO_ROOT, 'bench',
+                                                    'results'),
+                      help='folder for peers-tfX.Y.md and .png (default '
+                      'bench/results/)')
+  args = parser.parse_args(argv)
+  if args.repeats is None:
+    args.repeats = 1 if args.quick else 3
+  names = [w.strip() for w in args.workloads.split(',') if w.strip()]
+  unknown = [w for w in names if w not in WORKLOADS]
+  if unknown or not names:
+    parser.error('--workloads: unknown %s; choose from %s' % (
+        ', '.join(unknown) or 'nothing given', ', '.join(WORKLOADS)))
+  args.workloads = [w for w in WORKLOADS if w in names]
+  if args.memory_steps is None:
+    args.memory_steps = (QUICK_MEMORY_STEPS if args.quick else
+                         DEFAULT_MEMORY_STEPS)
+  elif args.memory_steps < MIN_MEMORY_STEPS or args.memory_steps % 100:
+    parser.error('--memory-steps must be a multiple of 100 of at least %d' %
+                 MIN_MEMORY_STEPS)
+  require_positive(parser, args, ('repeats',))
+  return args
+
+
+def main(argv=None):
+  tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.ERROR)
+  args = parse_args(argv)
+  try:
+    run(args)
+  except BenchError as e:
+    sys.stdout.flush()
+    print('bench.peers: error: %s' % e, file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  main()

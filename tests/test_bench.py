@@ -1,0 +1,118 @@
+"""The benchmarks run: bench.peers --quick end to end (children, tables,
+targets, files). Speeds are never asserted."""
+import os
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IS_TF2 = int(tf.__version__.split('.')[0]) >= 2
+# A smoke run of ~2 minutes on a 2-core machine; slack for a loaded one.
+TIMEOUT = 420
+
+
+def _rows(text, heading):
+  """The table rows under `### heading`, as lists of cells."""
+  lines = text.split('\n')
+  start = lines.index('### %s' % heading)
+  rows = []
+  for line in lines[start + 4:]:
+    if not line.startswith('|'):
+      break
+    rows.append([cell.strip() for cell in line.strip('|').split('|')])
+  return rows
+
+
+@pytest.mark.timeout(TIMEOUT + 60)
+def test_peers_quick(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'bench.peers', '--quick', '--out',
+       str(tmp_path)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, universal_newlines=True, timeout=TIMEOUT)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+  out = result.stdout
+
+  mlp = [(row[0], row[1]) for row in _rows(out, 'mlp')]
+  expected = [('the limit (bare while_loop)', '-'),
+              ('tf.estimator.Estimator', '-')]
+  if IS_TF2:
+    expected += [('Keras Model.fit', '1'), ('Keras Model.fit', '100')]
+  expected += [('hookestimator', ipl) for ipl in ('1', '10', '100', '1000')]
+  assert mlp == expected
+  assert [(row[0], row[1]) for row in _rows(out, 'gpt2-tiny')] == [
+      ('the limit (bare while_loop)', '-'), ('tf.estimator.Estimator', '-'),
+      ('hookestimator', '1'), ('hookestimator', '10'),
+      ('hookestimator', '100')]
+  assert 'Note: No Keras rows' in out
+  assert len(_rows(out, 'host_call')) == 2
+  assert 'host_call cost:' in out
+  assert [row[0] for row in _rows(out, 'input-bound')] == [
+      'input alone (a while_loop pulling batches from the pipeline)',
+      'compute alone (the mlp limit)', 'hookestimator',
+      'tf.estimator.Estimator']
+  assert [row[0] for row in _rows(out, 'memory')] == [
+      'RSS (VmRSS), MB', 'OS threads', 'Python threads (active_count)']
+  targets = [row[0] for row in _rows(out, 'targets')]
+  expected_targets = [
+      'mlp: hookestimator ipl 100 >= 0.90x the limit',
+      'mlp: hookestimator ipl 100 >= 3x tf.estimator.Estimator',
+      'mlp: hookestimator ipl 1 >= 0.9x tf.estimator.Estimator',
+      'gpt2-tiny: hookestimator ipl 100 >= 0.97x the limit',
+      'host_call: cost <= 15%',
+      'input-bound: hookestimator ipl 100 >= 0.85x min(input alone, '
+      'compute alone)',
+      'memory: RSS growth < 5%',
+      'memory: OS thread growth < 5%']
+  if IS_TF2:
+    expected_targets.insert(1, 'mlp: hookestimator ipl 100 >= 1.0x Keras '
+                            'spe 100')
+  assert targets == expected_targets
+  for row in _rows(out, 'targets'):
+    assert row[2] in ('met', 'MISSED', '-')
+
+  version = '.'.join(tf.__version__.split('.')[:2])
+  markdown = tmp_path / ('peers-tf%s.md' % version)
+  figure = tmp_path / ('peers-tf%s.png' % version)
+  assert markdown.is_file() and figure.is_file()
+  text = markdown.read_text()
+  assert text.startswith('TensorFlow %s' % tf.__version__)
+  assert '### targets' in text and '### gpt2-tiny' in text
+  assert figure.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_peers_bad_arguments():
+  for argv in (['--repeats', '0'], ['--workloads', 'mlp,nope'],
+               ['--memory-steps', '100']):
+    result = subprocess.run(
+        [sys.executable, '-m', 'bench.peers'] + argv, cwd=REPO_ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        universal_newlines=True, timeout=120)
+    assert result.returncode == 2, argv
+    assert 'error' in result.stderr
+
+
+def test_child_that_dies_is_an_error_naming_it(tmp_path):
+  from bench import peers  # pylint: disable=g-import-not-at-top
+  child = peers.Child('no-such-system', str(tmp_path))
+  try:
+    with pytest.raises(peers.BenchError) as error:
+      child.receive('start-up', 120)
+  finally:
+    child.close()
+  assert "system 'no-such-system': exited" in str(error.value)
+  assert 'usage: python -m bench.peer_systems' in str(error.value)
+
+
+def test_child_that_does_not_answer_in_time_is_killed(tmp_path):
+  from bench import peers  # pylint: disable=g-import-not-at-top
+  child = peers.Child('limit', str(tmp_path))
+  try:
+    with pytest.raises(peers.BenchError) as error:
+      child.receive('start-up', 0.2)  # importing TensorFlow takes longer
+    assert child.process.poll() is not None
+  finally:
+    child.close()
+  assert "system 'limit': no answer to start-up within 0.2 s" in str(
+      error.value)
