@@ -107,6 +107,25 @@ def estimator_model_fn(features, labels, mode, params):
   return v1.estimator.EstimatorSpec(mode=mode, loss=loss, train_op=train_op)
 
 
+def timed(train, steps):
+  """The wall time of train(steps), after a garbage collection."""
+  gc.collect()
+  start = time.monotonic()
+  train(steps)
+  return time.monotonic() - start
+
+
+def marginal_rate(train, base_steps, steps):
+  """Steps/sec of `steps` more steps: a call of base_steps and one of
+  base_steps + steps, so fixed per-call costs cancel. `train(n)` trains n
+  steps and returns its wall time. Returns (rate, NaN when the long call
+  was not longer; base call seconds; long call seconds)."""
+  base = train(base_steps)
+  long_call = train(base_steps + steps)
+  delta = long_call - base
+  return (steps / delta if delta > 0 else float('nan')), base, long_call
+
+
 class System(object):
   """One trainer under test, in a model_dir of its own."""
 
@@ -122,21 +141,14 @@ class System(object):
 
   def train(self, steps):
     """Trains `steps` steps; returns the wall time of the train() call."""
-    gc.collect()
-    start = time.monotonic()
-    self.estimator.train(self.input_fn, steps=steps)
-    seconds = time.monotonic() - start
+    seconds = timed(lambda n: self.estimator.train(self.input_fn, steps=n),
+                    steps)
     self.steps_trained += steps
     return seconds
 
   def marginal_rate(self, base_steps, steps):
-    """Steps/sec of `steps` more steps: a call of base_steps and one of
-    base_steps + steps, so fixed per-call costs cancel. Appends the rate to
-    `rates`; returns (rate, base call seconds, long call seconds)."""
-    base = self.train(base_steps)
-    long_call = self.train(base_steps + steps)
-    delta = long_call - base
-    rate = steps / delta if delta > 0 else float('nan')
+    """marginal_rate(self.train, ...), the rate appended to `rates`."""
+    rate, base, long_call = marginal_rate(self.train, base_steps, steps)
     self.rates.append(rate)
     return rate, base, long_call
 

@@ -22,7 +22,6 @@ nothing but the answers reaches the protocol channel.
 """
 from __future__ import absolute_import, division, print_function
 
-import gc
 import json
 import os
 import shutil
@@ -37,6 +36,7 @@ import tensorflow as tf  # noqa: E402
 
 import hookestimator as he  # noqa: E402
 from bench import common  # noqa: E402
+from bench import soak  # noqa: E402
 from bench.common import BATCH_SIZE, NEVER  # noqa: E402
 
 v1 = tf.compat.v1
@@ -330,13 +330,6 @@ def make_runner(system, workload, model_dir):
   raise ValueError('unknown system %r' % system)
 
 
-def timed(train, steps):
-  gc.collect()
-  start = time.monotonic()
-  train(steps)
-  return time.monotonic() - start
-
-
 # --------------------------------------------------------------- the memory
 class LoopSampler(v1.train.SessionRunHook):
   """Samples RSS and thread counts after every loop."""
@@ -348,7 +341,6 @@ class LoopSampler(v1.train.SessionRunHook):
     self._loops = 0
 
   def after_run(self, run_context, run_values):
-    from bench import soak  # pylint: disable=g-import-not-at-top
     self._loops += 1
     self._samples.append(soak.sample(self._loops * self._iterations_per_loop,
                                      self._start))
@@ -387,7 +379,7 @@ class Child(object):
     return self.runners[workload]
 
   def train(self, workload, steps):
-    seconds = timed(self.runner(workload).train, steps)
+    seconds = common.timed(self.runner(workload).train, steps)
     self.trained[workload] += steps
     return seconds
 
@@ -396,18 +388,15 @@ class Child(object):
     if cmd == 'warmup':
       seconds = {}
       for workload in command['workloads']:
-        start = time.monotonic()
-        self.train(workload, command['steps'][workload])
-        seconds[workload] = time.monotonic() - start
+        seconds[workload] = self.train(workload, command['steps'][workload])
       return {'seconds': seconds}
     if cmd == 'measure':
       workload, base, steps = (command['workload'], command['base'],
                                command['steps'])
-      base_seconds = self.train(workload, base)
-      long_seconds = self.train(workload, base + steps)
-      delta = long_seconds - base_seconds
+      rate, base_seconds, long_seconds = common.marginal_rate(
+          lambda n: self.train(workload, n), base, steps)
       return {'base_seconds': base_seconds, 'long_seconds': long_seconds,
-              'rate': steps / delta if delta > 0 else None,
+              'rate': rate if rate == rate else None,
               'global_step': self.runners[workload].global_step(),
               'trained': self.trained[workload]}
     if cmd == 'memory' and self.system == 'hook100':

@@ -192,7 +192,7 @@ class HookEstimator(object):
                                 checkpoint_path, name)
     with run.graph.as_default():
       _run_loops(run.session_creator, run.hooks, run.fetch, run.rendezvous,
-                 run.aborts)
+                 run.aborts, run.loop_options)
     return run.results()
 
   def predict(self, input_fn, predict_keys=None, hooks=None,
@@ -440,7 +440,7 @@ def _predictions(run):
   closes the loops: threads stopped, queues and session closed.
   """
   loops = _loops(run.session_creator, run.hooks, run.fetch, run.rendezvous,
-                 run.aborts)
+                 run.aborts, run.loop_options)
   try:
     while True:
       with run.graph.as_default():

@@ -106,7 +106,8 @@ class InferenceRun(object):
   the graph is built, and the arguments checked, at once.
 
   Run `fetch` once per loop with `hooks` (estimator._run_loops), with
-  `session_creator`, `rendezvous` and `aborts`; `graph` must be the default
+  `session_creator`, `rendezvous`, `aborts` and `loop_options` (the run
+  options of the loop's thread pool); `graph` must be the default
   graph while doing so. Subclasses give the mode, the batch size, what each
   step outfeeds (`outfed(spec)`), the reader of the outfeed, and hooks
   that go right after the feeding hook.
@@ -154,8 +155,8 @@ class InferenceRun(object):
           device_system]
       self.aborts = [feeding.abort, device_system.close]
       self.fetch = pipeline.loop.stopped
-      session_config, _, feeding_options = feed.session_pools(
-          config.session_config)
+      session_config, self.loop_options, feeding_options = (
+          feed.session_pools(config.session_config))
       pipeline.infeed.run_options = feeding_options
       pipeline.outfeed.run_options = feeding_options
       self.session_creator = session_creator(scaffold, checkpoint,
