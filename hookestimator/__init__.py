@@ -8,9 +8,11 @@ from hookestimator.estimator import HookEstimator
 from hookestimator.model_dir import CheckpointMismatchError
 from hookestimator.nan import NanLossError
 from hookestimator.signals import TrainingInterrupted
+from hookestimator.spec import EstimatorSpec
 from hookestimator.spec import HookEstimatorSpec
 from hookestimator.spec import ModeKeys
 
-__all__ = ['CheckpointMismatchError', 'HookEstimator', 'HookEstimatorSpec',
+__all__ = ['CheckpointMismatchError', 'EstimatorSpec', 'HookEstimator',
+           'HookEstimatorSpec',
            'ModeKeys', 'NanLossError', 'RunConfig', 'TrainingInterrupted']
 __version__ = '0.1.0'

@@ -3,13 +3,69 @@
 Everything else in the package is written against `tf.compat.v1` and runs
 unchanged on both lines.
 """
+import collections
+
 import tensorflow as tf
 from tensorflow.python.ops import summary_ops_v2
+from tensorflow.python.saved_model.model_utils import export_output
+from tensorflow.python.saved_model.model_utils import mode_keys
 
 v1 = tf.compat.v1
 
 TF_VERSION = tuple(int(part) for part in tf.__version__.split('.')[:2])
 IS_TF2 = TF_VERSION >= (2, 0)
+
+# tensorflow-estimator ended with TF 2.15; on later lines (and wherever it
+# is not installed) hookestimator provides the few Estimator names that
+# programs use. Where it exists, its classes are accepted too.
+try:
+  import tensorflow_estimator  # pylint: disable=unused-import
+  ESTIMATOR = v1.estimator
+except ImportError:
+  ESTIMATOR = None
+
+# The mode strings ('train', 'eval', 'infer'): TF's own class, which
+# tf.estimator.ModeKeys also is on the lines that have it.
+ModeKeys = mode_keys.EstimatorModeKeys
+
+# TensorFlow's own export outputs, which tf.estimator.export re-exports.
+ExportOutput = export_output.ExportOutput
+PredictOutput = export_output.PredictOutput
+ClassificationOutput = export_output.ClassificationOutput
+RegressionOutput = export_output.RegressionOutput
+
+
+def estimator_types(name):
+  """tf.estimator's classes named `name` (a dotted path under
+  tf.compat.v1.estimator) as a tuple: empty without tensorflow-estimator."""
+  if ESTIMATOR is None:
+    return ()
+  value = ESTIMATOR
+  for part in name.split('.'):
+    value = getattr(value, part)
+  return (value,)
+
+
+_WarmStartSettings = collections.namedtuple('WarmStartSettings', [
+    'ckpt_to_initialize_from', 'vars_to_warm_start',
+    'var_name_to_vocab_info', 'var_name_to_prev_var_name'])
+
+
+class WarmStartSettings(_WarmStartSettings):
+  """tf.estimator.WarmStartSettings' fields, for lines without it."""
+
+  def __new__(cls, ckpt_to_initialize_from, vars_to_warm_start='.*',
+              var_name_to_vocab_info=None, var_name_to_prev_var_name=None):
+    if not ckpt_to_initialize_from:
+      raise ValueError('WarmStartSettings needs ckpt_to_initialize_from, a '
+                       'checkpoint path or directory, got %r' %
+                       (ckpt_to_initialize_from,))
+    return super(WarmStartSettings, cls).__new__(
+        cls, ckpt_to_initialize_from, vars_to_warm_start,
+        var_name_to_vocab_info or {}, var_name_to_prev_var_name or {})
+
+
+WARM_START_TYPES = (WarmStartSettings,) + estimator_types('WarmStartSettings')
 
 # The base class of every dataset on both lines (DatasetV1 derives from it).
 DatasetBase = tf.compat.v2.data.Dataset

@@ -46,8 +46,8 @@ class HookEstimator(object):
 
   Args:
     model_fn: `model_fn(features, labels, mode, params)` (mode, params and
-      config are optional arguments) returning a HookEstimatorSpec or a
-      tf.estimator.EstimatorSpec.
+      config are optional arguments) returning a HookEstimatorSpec or an
+      EstimatorSpec (hookestimator's, or tf.estimator's where it exists).
     config: a RunConfig; the defaults when None.
     params: a dict passed to model_fn and input_fn; 'batch_size' is set by
       the estimator.

@@ -20,6 +20,7 @@ import threading
 import numpy as np
 import tensorflow as tf
 
+from hookestimator import compat
 from hookestimator import config as config_lib
 from hookestimator import feed
 from hookestimator import hooks as hooks_lib
@@ -31,7 +32,7 @@ from hookestimator.compat import v1
 
 log = logging.getLogger(__name__)
 
-ModeKeys = tf.estimator.ModeKeys
+ModeKeys = compat.ModeKeys
 RESERVED_METRIC_NAMES = ('loss', 'global_step')
 
 

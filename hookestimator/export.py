@@ -1,4 +1,6 @@
-"""export_saved_model: a standard SavedModel for serving.
+"""export_saved_model: a standard SavedModel for serving, and the serving
+input receivers and export outputs it takes (tf.estimator.export's names,
+for the lines without tensorflow-estimator).
 
 The serving graph calls model_fn in PREDICT mode directly on the receiver's
 features (no device loop, no feeding queues: a server feeds one request at
@@ -7,12 +9,14 @@ tag. Its signatures come from the spec's export_outputs, or from its
 predictions as the default serving signature, as tf.estimator does, so
 TensorFlow's own loaders and servers read it.
 """
+import collections
 import logging
 import os
 import time
 
 import tensorflow as tf
 
+from hookestimator import compat
 from hookestimator import loop as loop_lib
 from hookestimator import spec as spec_lib
 from hookestimator.compat import v1
@@ -20,12 +24,86 @@ from hookestimator.inference import checkpoint_to_read
 
 log = logging.getLogger(__name__)
 
-ModeKeys = tf.estimator.ModeKeys
+ModeKeys = compat.ModeKeys
 SERVING_TAG = v1.saved_model.tag_constants.SERVING
 DEFAULT_SIGNATURE = (
     v1.saved_model.signature_constants.DEFAULT_SERVING_SIGNATURE_DEF_KEY)
-_RECEIVER_TYPES = (tf.estimator.export.ServingInputReceiver,
-                   tf.estimator.export.TensorServingInputReceiver)
+
+ExportOutput = compat.ExportOutput
+PredictOutput = compat.PredictOutput
+ClassificationOutput = compat.ClassificationOutput
+RegressionOutput = compat.RegressionOutput
+
+
+def _as_tensor_dict(value, name, default_key):
+  if isinstance(value, dict):
+    result = dict(value)
+  else:
+    result = {default_key: value}
+  for key, tensor in result.items():
+    if not isinstance(key, str):
+      raise ValueError('%s keys must be strings, got %r' % (name, key))
+    if not isinstance(tensor, (tf.Tensor, tf.SparseTensor)):
+      raise TypeError('%s[%r] must be a tf.Tensor or tf.SparseTensor, got %r'
+                      % (name, key, tensor))
+  return result
+
+
+class ServingInputReceiver(collections.namedtuple(
+    'ServingInputReceiver',
+    ['features', 'receiver_tensors', 'receiver_tensors_alternatives'])):
+  """What a serving_input_receiver_fn returns: the features model_fn sees,
+  and the tensors a request feeds (tf.estimator.export's meaning)."""
+
+  def __new__(cls, features, receiver_tensors,
+              receiver_tensors_alternatives=None):
+    if features is None:
+      raise ValueError('ServingInputReceiver needs features, got None')
+    features = _as_tensor_dict(features, 'features', 'feature')
+    receiver_tensors = _as_tensor_dict(receiver_tensors, 'receiver_tensors',
+                                       'input')
+    return super(ServingInputReceiver, cls).__new__(
+        cls, features, receiver_tensors, receiver_tensors_alternatives)
+
+
+class TensorServingInputReceiver(collections.namedtuple(
+    'TensorServingInputReceiver',
+    ['features', 'receiver_tensors', 'receiver_tensors_alternatives'])):
+  """A ServingInputReceiver whose features reach model_fn as one tensor,
+  not a dict."""
+
+  def __new__(cls, features, receiver_tensors,
+              receiver_tensors_alternatives=None):
+    if not isinstance(features, (tf.Tensor, tf.SparseTensor)):
+      raise TypeError('TensorServingInputReceiver features must be a '
+                      'tf.Tensor, got %r' % (features,))
+    receiver_tensors = _as_tensor_dict(receiver_tensors, 'receiver_tensors',
+                                       'input')
+    return super(TensorServingInputReceiver, cls).__new__(
+        cls, features, receiver_tensors, receiver_tensors_alternatives)
+
+
+def build_raw_serving_input_receiver_fn(features, default_batch_size=None):
+  """A serving_input_receiver_fn feeding placeholders shaped like
+  `features` (a dict of tensors), the batch axis left open unless
+  `default_batch_size` is given."""
+  if not isinstance(features, dict) or not features:
+    raise TypeError('features must be a non-empty dict of tensors, got %r' %
+                    (features,))
+
+  def serving_input_receiver_fn():
+    placeholders = {}
+    for name, tensor in features.items():
+      shape = [default_batch_size] + tensor.shape.as_list()[1:]
+      placeholders[name] = v1.placeholder(tensor.dtype, shape=shape,
+                                          name=name)
+    return ServingInputReceiver(placeholders, placeholders)
+  return serving_input_receiver_fn
+
+
+_RECEIVER_TYPES = ((ServingInputReceiver, TensorServingInputReceiver) +
+                   compat.estimator_types('export.ServingInputReceiver') +
+                   compat.estimator_types('export.TensorServingInputReceiver'))
 
 
 def _check_arguments(export_dir_base, serving_input_receiver_fn,
@@ -33,7 +111,7 @@ def _check_arguments(export_dir_base, serving_input_receiver_fn,
   if serving_input_receiver_fn is None:
     raise ValueError('export_saved_model needs a serving_input_receiver_fn: '
                      'a function returning a '
-                     'tf.estimator.export.ServingInputReceiver')
+                     'ServingInputReceiver')
   if not callable(serving_input_receiver_fn):
     raise TypeError('serving_input_receiver_fn must be callable, got %r' %
                     (serving_input_receiver_fn,))
@@ -52,7 +130,7 @@ def _check_arguments(export_dir_base, serving_input_receiver_fn,
 def _check_receiver(receiver):
   if not isinstance(receiver, _RECEIVER_TYPES):
     raise TypeError('serving_input_receiver_fn must return a '
-                    'tf.estimator.export.ServingInputReceiver, got %r' %
+                    'ServingInputReceiver, got %r' %
                     (receiver,))
   if receiver.receiver_tensors_alternatives:
     raise ValueError('receiver_tensors_alternatives (%s) are not supported; '
@@ -68,12 +146,13 @@ def signature_defs(spec, receiver_tensors):
       raise ValueError('model_fn returned a PREDICT spec without predictions '
                        'and without export_outputs; export needs one of them')
     outputs = {DEFAULT_SIGNATURE:
-               tf.estimator.export.PredictOutput(spec.predictions)}
+               PredictOutput(spec.predictions)}
   outputs = dict(outputs)
   for key, output in outputs.items():
-    if not isinstance(output, tf.estimator.export.ExportOutput):
-      raise TypeError('export_outputs[%r] must be a '
-                      'tf.estimator.export.ExportOutput, got %r' %
+    if not isinstance(output, ExportOutput):
+      raise TypeError('export_outputs[%r] must be an ExportOutput '
+                      '(PredictOutput, ClassificationOutput, '
+                      'RegressionOutput), got %r' %
                       (key, output))
   if DEFAULT_SIGNATURE not in outputs:
     if len(outputs) > 1:

@@ -17,6 +17,7 @@ import os
 
 import tensorflow as tf
 
+from hookestimator import compat
 from hookestimator import config as config_lib
 from hookestimator import devices
 from hookestimator import feed
@@ -58,7 +59,7 @@ class InferenceLoop(object):
                                                         mode))
         if self.spec.host_call is not None:
           log.info('host_call runs in training only; %s does not run it',
-                   'evaluation' if mode == tf.estimator.ModeKeys.EVAL else
+                   'evaluation' if mode == compat.ModeKeys.EVAL else
                    'prediction')
         enqueue = outfeed.enqueue([state] + list(outfed_fn(self.spec)))
       with tf.control_dependencies([enqueue]):
@@ -141,7 +142,7 @@ class InferenceRun(object):
       device_system = hooks_lib.DeviceSystemHook(
           device, close_ops=pipeline.cancel_ops or (),
           session_config=config.session_config)
-      spec_hooks = (spec.evaluation_hooks if mode == tf.estimator.ModeKeys.EVAL
+      spec_hooks = (spec.evaluation_hooks if mode == compat.ModeKeys.EVAL
                     else spec.prediction_hooks)
       # Order matters, as in training: the loop size first, so that every
       # later before_run sees it; at the end the feeding hook joins the

@@ -10,6 +10,7 @@ import threading
 
 import tensorflow as tf
 
+from hookestimator import compat
 from hookestimator import nan
 from hookestimator import spec as spec_lib
 from hookestimator.compat import v1
@@ -108,7 +109,7 @@ class DeviceLoop(object):
       with (tf.device(device.model_device) if device.model_device else
             contextlib.nullcontext()):
         self.spec = spec_lib.as_hook_spec(
-            call_model_fn(features, labels, tf.estimator.ModeKeys.TRAIN))
+            call_model_fn(features, labels, compat.ModeKeys.TRAIN))
         spec_lib.check_train_spec(self.spec)
         loss = self.spec.loss
         if check_nan_loss and device.kind != 'tpu':

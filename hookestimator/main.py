@@ -11,8 +11,8 @@ experiment.eval_every_steps).
 Everything about the experiment comes from gin: the model (a factory from
 `models/`), the steps, the batch size, the loop size, checkpointing, hooks.
 The command adds only what gin must not hold: the mode and model_dir. The
-repository's `gin/` folder is on the gin search path, so the files in it
-are found from any directory. Bad configuration exits with status 2 before
+bundled `gin/` folder (installed as hookestimator/configs) is on the gin
+search path, so the files in it are found from any directory. Bad configuration exits with status 2 before
 anything is trained; model_dir is only ever added to.
 """
 import argparse
@@ -37,8 +37,9 @@ from hookestimator.progress import ProgressHook
 
 log = logging.getLogger(__name__)
 
-GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), 'gin')
+# The bundled experiments: the repository's gin/ folder, which the package
+# carries as hookestimator/configs, in a checkout and when installed.
+GIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
 EXIT_CONFIG_ERROR = 2
 MODES = ('train', 'evaluate', 'predict', 'train_and_evaluate')
 

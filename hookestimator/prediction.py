@@ -10,14 +10,14 @@ threads and closes the session (HookEstimator.predict).
 import queue
 
 import numpy as np
-import tensorflow as tf
 
+from hookestimator import compat
 from hookestimator import hooks as hooks_lib
 from hookestimator import inference
 from hookestimator import padding
 from hookestimator import spec as spec_lib
 
-ModeKeys = tf.estimator.ModeKeys
+ModeKeys = compat.ModeKeys
 
 _FAILED = object()
 

@@ -5,9 +5,10 @@ import inspect
 
 import tensorflow as tf
 
+from hookestimator import compat
 from hookestimator.compat import v1
 
-ModeKeys = tf.estimator.ModeKeys
+ModeKeys = compat.ModeKeys
 
 
 def _hook_tuple(hooks, name):
@@ -137,14 +138,44 @@ class HookEstimatorSpec(
         prediction_hooks=_hook_tuple(prediction_hooks, 'prediction_hooks'))
 
 
+class EstimatorSpec(
+    collections.namedtuple('EstimatorSpec', [
+        'mode', 'predictions', 'loss', 'train_op', 'eval_metric_ops',
+        'export_outputs', 'training_chief_hooks', 'training_hooks',
+        'scaffold', 'evaluation_hooks', 'prediction_hooks'
+    ])):
+  """tf.estimator.EstimatorSpec's fields, in its order, for the lines
+  without tensorflow-estimator; a model_fn may return it as it would
+  return tf.estimator's."""
+
+  def __new__(cls, mode, predictions=None, loss=None, train_op=None,
+              eval_metric_ops=None, export_outputs=None,
+              training_chief_hooks=None, training_hooks=None, scaffold=None,
+              evaluation_hooks=None, prediction_hooks=None):
+    if scaffold is not None and not isinstance(scaffold, v1.train.Scaffold):
+      raise TypeError('scaffold must be a tf.compat.v1.train.Scaffold, got '
+                      '%r' % (scaffold,))
+    return super(EstimatorSpec, cls).__new__(
+        cls, mode, predictions, loss, train_op, dict(eval_metric_ops or {}),
+        export_outputs, tuple(training_chief_hooks or ()),
+        tuple(training_hooks or ()), scaffold, tuple(evaluation_hooks or ()),
+        tuple(prediction_hooks or ()))
+
+
+# What a model_fn may return besides a HookEstimatorSpec.
+ESTIMATOR_SPEC_TYPES = (EstimatorSpec,) + compat.estimator_types(
+    'EstimatorSpec')
+
+
 def as_hook_spec(spec):
-  """Accepts a HookEstimatorSpec or a plain tf.estimator.EstimatorSpec."""
+  """Accepts a HookEstimatorSpec or a plain EstimatorSpec (hookestimator's,
+  or tf.estimator's where it exists)."""
   if isinstance(spec, HookEstimatorSpec):
     return spec
-  if isinstance(spec, tf.estimator.EstimatorSpec):
+  if isinstance(spec, ESTIMATOR_SPEC_TYPES):
     if spec.mode == ModeKeys.EVAL and spec.eval_metric_ops:
       raise ValueError(
-          'model_fn returned a tf.estimator.EstimatorSpec with '
+          'model_fn returned an EstimatorSpec with '
           'eval_metric_ops %s; metric ops cannot run inside the device loop. '
           'Return HookEstimatorSpec(eval_metrics=(metric_fn, tensors)) '
           'instead: metric_fn runs on the host on the outfed tensors' %
@@ -152,15 +183,16 @@ def as_hook_spec(spec):
     scaffold = spec.scaffold
     return HookEstimatorSpec(
         mode=spec.mode, loss=spec.loss, train_op=spec.train_op,
-        training_hooks=spec.training_hooks,
+        training_hooks=(tuple(spec.training_chief_hooks) +
+                        tuple(spec.training_hooks)),
         scaffold_fn=(lambda: scaffold) if scaffold is not None else None,
         predictions=(None if isinstance(spec.predictions, dict) and
                      not spec.predictions else spec.predictions),
         export_outputs=spec.export_outputs or None,
         evaluation_hooks=spec.evaluation_hooks,
         prediction_hooks=spec.prediction_hooks)
-  raise TypeError('model_fn must return a HookEstimatorSpec or a '
-                  'tf.estimator.EstimatorSpec, got %r' % (spec,))
+  raise TypeError('model_fn must return a HookEstimatorSpec or an '
+                  'EstimatorSpec, got %r' % (spec,))
 
 
 def _check_loss(spec):

@@ -15,17 +15,25 @@ import copy
 import logging
 import numbers
 
-import tensorflow as tf
 
 from hookestimator import compat
 from hookestimator import config as config_lib
 from hookestimator import estimator as estimator_lib
+from hookestimator import export as export_lib
 from hookestimator import spec as spec_lib
 from hookestimator.compat import v1
 
 log = logging.getLogger(__name__)
 
-ModeKeys = tf.estimator.ModeKeys
+ModeKeys = compat.ModeKeys
+# tf.estimator's EstimatorSpec where tensorflow-estimator is installed,
+# else hookestimator's; export names (ServingInputReceiver, PredictOutput,
+# ...) as tf.estimator.export has them, on every line.
+EstimatorSpec = (compat.estimator_types('EstimatorSpec') or
+                 (spec_lib.EstimatorSpec,))[0]
+WarmStartSettings = (compat.estimator_types('WarmStartSettings') or
+                     (compat.WarmStartSettings,))[0]
+export = export_lib
 _UNSET = object()
 RESERVED_PARAMS_KEYS = ('batch_size', 'context')
 
@@ -245,9 +253,9 @@ class TPUEstimator(estimator_lib.HookEstimator):
     predict_batch_size = _optional_batch_size(
         'predict_batch_size', predict_batch_size) or train_batch_size
     if warm_start_from is not None and not isinstance(
-        warm_start_from, (str, tf.estimator.WarmStartSettings)):
+        warm_start_from, (str,) + compat.WARM_START_TYPES):
       raise TypeError('warm_start_from must be a checkpoint path or a '
-                      'tf.estimator.WarmStartSettings, got %r' %
+                      'WarmStartSettings, got %r' %
                       (warm_start_from,))
     device = choose_device(bool(use_tpu))
     if device == 'tpu' and isinstance(config, RunConfig):
@@ -341,7 +349,7 @@ def _warm_starting(warm_start_from, scaffold_fn):
   def warm_scaffold_fn():
     settings = warm_start_from
     if isinstance(settings, str):
-      settings = tf.estimator.WarmStartSettings(settings)
+      settings = WarmStartSettings(settings)
     v1.train.warm_start(
         settings.ckpt_to_initialize_from,
         vars_to_warm_start=settings.vars_to_warm_start,

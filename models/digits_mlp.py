@@ -10,8 +10,8 @@ import tensorflow as tf
 
 import hookestimator as he
 from hookestimator.config import check_positive_int
-from models import Model
-from models.layers import dense
+from hookestimator.models import Model
+from hookestimator.models.layers import dense
 
 v1 = tf.compat.v1
 
@@ -47,12 +47,12 @@ def make_model_fn(hidden_units, learning_rate):
   def model_fn(features, labels, mode):
     logits = forward(features, hidden_units)
     predicted = tf.argmax(logits, 1)
-    if mode == tf.estimator.ModeKeys.PREDICT:
+    if mode == he.ModeKeys.PREDICT:
       return he.HookEstimatorSpec(mode=mode, predictions={
           'class': predicted, 'probabilities': tf.nn.softmax(logits)})
     loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=labels, logits=logits))
-    if mode == tf.estimator.ModeKeys.EVAL:
+    if mode == he.ModeKeys.EVAL:
 
       def metric_fn(labels, predicted):
         return {'accuracy': v1.metrics.accuracy(labels, predicted)}

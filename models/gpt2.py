@@ -19,8 +19,8 @@ import gin
 import tensorflow as tf
 
 import hookestimator as he
-from models import Model
-from models.layers import dense, gelu, layer_norm
+from hookestimator.models import Model
+from hookestimator.models.layers import dense, gelu, layer_norm
 
 v1 = tf.compat.v1
 
@@ -136,13 +136,13 @@ def make_model_fn(num_layers, d_model, num_heads, seq_len, learning_rate,
   def model_fn(features, labels, mode):
     logits = transformer_logits(features, num_layers, d_model, num_heads,
                                 seq_len)
-    if mode == tf.estimator.ModeKeys.PREDICT:
+    if mode == he.ModeKeys.PREDICT:
       return he.HookEstimatorSpec(mode=mode, predictions={
           'next_byte': tf.argmax(logits[:, -1], -1, output_type=tf.int32)})
     token_loss = tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=labels, logits=logits)
     loss = tf.reduce_mean(token_loss)  # nats per byte
-    if mode == tf.estimator.ModeKeys.EVAL:
+    if mode == he.ModeKeys.EVAL:
 
       def metric_fn(example_loss):
         return {'bits_per_byte': v1.metrics.mean(example_loss / math.log(2))}

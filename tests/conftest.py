@@ -7,6 +7,13 @@ import pytest
 import tensorflow as tf
 
 import hookestimator as he
+from hookestimator import compat
+
+# For tests that compare with TensorFlow's own Estimator or TPUEstimator.
+requires_estimator = pytest.mark.skipif(
+    compat.ESTIMATOR is None,
+    reason='tensorflow-estimator is not installed on this line (it ended '
+    'with TF 2.15): nothing to compare against')
 
 v1 = tf.compat.v1
 FRAMEWORK_THREADS = ('InfeedController', 'OutfeedController')

@@ -59,13 +59,13 @@ def model_fn(features, labels, mode, params):
                       initializer=v1.constant_initializer(0.1))
   b = v1.get_variable('b', [2], initializer=v1.zeros_initializer())
   logits = tf.matmul(features, w) + b
-  if mode == tf.estimator.ModeKeys.PREDICT:
+  if mode == he.ModeKeys.PREDICT:
     return he.HookEstimatorSpec(mode, predictions={
         'logits': logits, 'classes': tf.argmax(logits, 1),
         'probabilities': tf.nn.softmax(logits)})
   loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
       labels=labels, logits=logits))
-  if mode == tf.estimator.ModeKeys.EVAL:
+  if mode == he.ModeKeys.EVAL:
     return he.HookEstimatorSpec(mode, loss=loss,
                                 eval_metrics=(metric_fn, [labels, logits]))
   train_op = v1.train.GradientDescentOptimizer(

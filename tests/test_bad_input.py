@@ -249,8 +249,8 @@ CASES = [
       id='host_call-tensors-str'),
     C(lambda ctx: ctx.train(
         model_fn=lambda features, labels, mode, params: {'loss': 1}),
-      TypeError, r"must return a HookEstimatorSpec or a "
-      r"tf.estimator.EstimatorSpec, got \{'loss': 1\}", id='spec-dict'),
+      TypeError, r"must return a HookEstimatorSpec or an "
+      r"EstimatorSpec, got \{'loss': 1\}", id='spec-dict'),
     # model_dir
     C(lambda ctx: ctx.train(model_fn=_other_model([4, 3])),
       he.CheckpointMismatchError,

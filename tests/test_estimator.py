@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 import hookestimator as he
+from hookestimator.spec import ESTIMATOR_SPEC_TYPES
 from tests.conftest import (StepRecorder, dataset_of, framework_threads,
                             input_fn, linear_model_fn, read_scalars)
 
@@ -202,11 +203,11 @@ def test_host_call_returning_v1_summaries(make_estimator):
   assert sorted(read_scalars(est.model_dir)['v1_loss']) == [0, 1, 2]
 
 
-def test_plain_estimator_spec_trains(make_estimator):
+@pytest.mark.parametrize('estimator_spec', ESTIMATOR_SPEC_TYPES)
+def test_plain_estimator_spec_trains(make_estimator, estimator_spec):
   def model_fn(features, labels, mode):
     spec = linear_model_fn(features, labels, mode, {})
-    return tf.estimator.EstimatorSpec(mode=mode, loss=spec.loss,
-                                      train_op=spec.train_op)
+    return estimator_spec(mode=mode, loss=spec.loss, train_op=spec.train_op)
   est = make_estimator(model_fn=model_fn, iterations_per_loop=3)
   est.train(input_fn, steps=7)
   assert est.get_variable_value('global_step') == 7

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 import hookestimator as he
+from hookestimator.spec import ESTIMATOR_SPEC_TYPES
 from tests import inference_models as models
 from tests.conftest import StepRecorder, framework_threads, read_scalars
 
@@ -143,12 +144,13 @@ def test_loss_only_and_metrics_only_specs(tmp_path):
     assert sorted(other.evaluate(data)) == keys
 
 
-def test_plain_estimator_spec_with_loss_evaluates(tmp_path):
+@pytest.mark.parametrize('estimator_spec', ESTIMATOR_SPEC_TYPES)
+def test_plain_estimator_spec_with_loss_evaluates(tmp_path, estimator_spec):
   est = models.trained(tmp_path, steps=2)
 
   def model_fn(features, labels, mode, params):
     spec = models.model_fn(features, labels, mode, params)
-    return tf.estimator.EstimatorSpec(mode, loss=spec.loss)
+    return estimator_spec(mode, loss=spec.loss)
   other = he.HookEstimator(model_fn, est.config, train_batch_size=8)
   results = other.evaluate(lambda params: models.dataset(24, 8))
   assert results['loss'] == pytest.approx(_expected(est, 24, 8)['loss'],
@@ -205,7 +207,7 @@ def _metric_fn_returning(result):
 
 def _estimator_spec_with_metric_ops(features, labels, mode, params):
   spec = models.model_fn(features, labels, mode, params)
-  return tf.estimator.EstimatorSpec(mode, loss=spec.loss, eval_metric_ops={
+  return he.EstimatorSpec(mode, loss=spec.loss, eval_metric_ops={
       'acc': v1.metrics.accuracy(labels, labels)})
 
 

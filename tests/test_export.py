@@ -20,7 +20,7 @@ def est(tmp_path_factory):
 
 def serving_input_fn():
   x = v1.placeholder(tf.float32, [None, models.NUM_FEATURES], name='x')
-  return tf.estimator.export.TensorServingInputReceiver(x, {'x': x})
+  return he.export.TensorServingInputReceiver(x, {'x': x})
 
 
 def _predict(est, x):
@@ -63,9 +63,9 @@ def test_export_outputs_name_the_signatures(est, tmp_path):
     spec = models.model_fn(features, labels, mode, params)
     scores = spec.predictions['probabilities']
     return spec._replace(export_outputs={
-        'classify': tf.estimator.export.PredictOutput(
+        'classify': he.export.PredictOutput(
             {'classes': spec.predictions['classes']}),
-        'serving_default': tf.estimator.export.PredictOutput(
+        'serving_default': he.export.PredictOutput(
             {'scores': scores}),
     })
   other = he.HookEstimator(model_fn, est.config, train_batch_size=8)
@@ -92,13 +92,13 @@ def _with_outputs(outputs):
 @pytest.mark.parametrize('model_fn,receiver_fn,error,match', [
     (models.model_fn, None, ValueError, 'needs a serving_input_receiver_fn'),
     (models.model_fn, lambda: v1.placeholder(tf.float32, [None, 4]),
-     TypeError, 'must return a tf.estimator.export.ServingInputReceiver'),
+     TypeError, 'must return a ServingInputReceiver'),
     (lambda features, labels, mode, params: he.HookEstimatorSpec(mode),
      serving_input_fn, ValueError,
      'PREDICT spec without predictions and without export_outputs'),
     (_with_outputs(lambda spec: {
-        'a': tf.estimator.export.PredictOutput(spec.predictions),
-        'b': tf.estimator.export.PredictOutput(spec.predictions)}),
+        'a': he.export.PredictOutput(spec.predictions),
+        'b': he.export.PredictOutput(spec.predictions)}),
      serving_input_fn, ValueError,
      r"signatures \['a', 'b'\] and none named 'serving_default'"),
     (_with_outputs(lambda spec: {'a': spec.predictions['logits']}),

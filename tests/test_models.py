@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import hookestimator as he
-from models import digits_mlp as digits_lib
-from models import gpt2 as gpt2_lib
+from hookestimator.models import digits_mlp as digits_lib
+from hookestimator.models import gpt2 as gpt2_lib
 from tests.conftest import read_scalars
 
 

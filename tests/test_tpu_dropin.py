@@ -13,6 +13,7 @@ from hookestimator import compat
 from hookestimator import tpu
 from tests import inference_models as models
 from tests.conftest import framework_threads
+from tests.conftest import requires_estimator
 
 v1 = tf.compat.v1
 ORIGINAL_IMPORT = 'from tensorflow.compat.v1.estimator import tpu'
@@ -26,17 +27,41 @@ def _load(source, name):
   return module
 
 
-@pytest.fixture(scope='module')
-def example_modules():
+def _sources():
   with open(MODEL_SOURCE) as f:
     original = f.read()
-  changed = original.replace(ORIGINAL_IMPORT, DROP_IN_IMPORT)
+  return original, original.replace(ORIGINAL_IMPORT, DROP_IN_IMPORT)
+
+
+# Where tensorflow-estimator is gone (TF >= 2.16), tf.estimator itself is
+# gone too: a program's tf.estimator names come from hookestimator.tpu.
+NO_ESTIMATOR_EDIT = ('tf.estimator.', 'tpu.')
+
+
+@pytest.fixture(scope='module')
+def example_modules():
+  original, changed = _sources()
   differing = [(a, b) for a, b in zip(original.splitlines(),
                                       changed.splitlines()) if a != b]
   assert differing == [(ORIGINAL_IMPORT, DROP_IN_IMPORT)]
   return _load(original, 'tpu_style_mnist'), _load(changed, 'drop_in_mnist')
 
 
+@pytest.mark.skipif(compat.ESTIMATOR is not None,
+                    reason='this line has tf.estimator: the test above '
+                    'runs the program with only its import changed')
+def test_tpu_estimator_example_runs_without_tf_estimator(tmp_path):
+  _, changed = _sources()
+  drop_in = _load(changed.replace(*NO_ESTIMATOR_EDIT), 'drop_in_mnist')
+  results, predictions = drop_in.run(str(tmp_path), use_tpu=True,
+                                     train_steps=12)
+  assert results['global_step'] == 12
+  assert results['accuracy'] > 0.5
+  assert len(predictions) == 10
+  assert framework_threads() == []
+
+
+@requires_estimator
 def test_tpu_estimator_example_runs_with_only_the_import_changed(
     example_modules, tmp_path):
   original, drop_in = example_modules
