@@ -141,7 +141,7 @@ class InputPosition(object):
       log.warning(
           'The input position cannot be saved with checkpoints (%s); a run '
           'resumed from a checkpoint starts the input from its beginning.',
-          error.message.split('\n')[0])
+          _reason(error))
       return False
 
   def restore(self, session, checkpoint_path, keys):
@@ -162,3 +162,20 @@ class InputPosition(object):
       log.info('Checkpoint %s holds no input position; the input starts '
                'from its beginning.', checkpoint_path)
     return False
+
+
+_ERROR_HEADERS = ('Graph execution error:', 'Detected at node', 'Node:')
+
+
+def _reason(error):
+  """The line of an OpError's message that says what failed.
+
+  TF 2.x starts graph execution errors with a 'Graph execution error:'
+  header and the Python traceback of the node that failed; the reason
+  ('RandomUniform is stateful.') follows them.
+  """
+  for line in error.message.splitlines():
+    if (line.strip() and not line[0].isspace() and
+        not line.startswith(_ERROR_HEADERS) and not line.startswith('[[')):
+      return line.strip()
+  return error.message.strip().split('\n')[0]

@@ -1,6 +1,7 @@
 """The input position is saved with each checkpoint: train() continues the
 data stream where the checkpoint left it, for the same input pipeline."""
 import logging
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -66,6 +67,9 @@ def test_a_pipeline_that_cannot_be_saved_trains_and_says_so(make_estimator,
     est.train(random_input_fn, steps=3)
     est.train(random_input_fn, steps=3)
   assert 'input position cannot be saved' in caplog.text
+  # The reason, not only the first line of TF 2's 'Graph execution error:'.
+  assert re.search(r'cannot be saved with checkpoints \(RandomUniform\w* '
+                   r'is stateful\.\)', caplog.text)
   assert est.get_variable_value('global_step') == 6
 
 
