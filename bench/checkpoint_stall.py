@@ -13,7 +13,9 @@ model on the same data, saving every --interval steps (hookestimator:
 iterations_per_loop = --interval, so one checkpoint per loop), or never:
 
   - tf.estimator.Estimator, never / every --interval steps (its
-    CheckpointSaverHook writes on the training thread);
+    CheckpointSaverHook writes on the training thread), on the lines that
+    have tensorflow-estimator (TF 2.15 and older; later lines have no
+    tf.estimator, and the table says so);
   - hookestimator, never / every loop, written asynchronously (the
     default: a snapshot at the loop boundary, written by a thread of its
     own, at most one write in flight);
@@ -42,6 +44,7 @@ import tensorflow as tf  # noqa: E402
 import hookestimator as he  # noqa: E402
 from bench import common  # noqa: E402
 from bench.common import describe_machine, median  # noqa: E402
+from hookestimator import compat  # noqa: E402
 
 v1 = tf.compat.v1
 
@@ -88,7 +91,8 @@ def hook_model_fn(features, labels, mode, params):
 
 def estimator_model_fn(features, labels, mode, params):
   loss, train_op = loss_and_train_op(features, labels)
-  return v1.estimator.EstimatorSpec(mode=mode, loss=loss, train_op=train_op)
+  return compat.ESTIMATOR.EstimatorSpec(mode=mode, loss=loss,
+                                        train_op=train_op)
 
 
 class System(common.System):
@@ -102,14 +106,16 @@ class System(common.System):
 
 def make_systems(root, interval):
   systems = []
-  for saving, every in (('never', NEVER), ('every %d steps' % interval,
-                                           interval)):
-    config = v1.estimator.RunConfig(
+  estimator_savings = ((('never', NEVER), ('every %d steps' % interval,
+                                           interval))
+                       if common.HAS_ESTIMATOR else ())
+  for saving, every in estimator_savings:
+    config = compat.ESTIMATOR.RunConfig(
         model_dir=os.path.join(root, 'estimator_%d' % every),
         save_checkpoints_steps=every, keep_checkpoint_max=KEEP,
         save_summary_steps=NEVER, log_step_count_steps=NEVER)
     systems.append(System('tf.estimator.Estimator', saving,
-                          v1.estimator.Estimator(
+                          compat.ESTIMATOR.Estimator(
                               estimator_model_fn, config=config,
                               params={'batch_size': BATCH_SIZE}), 1))
   for saving, every, params in (
@@ -131,25 +137,34 @@ def print_table(systems, args):
   for system in systems:
     if system.saving == 'never':
       never[system.name] = median(system.rates)
-  baseline = never['tf.estimator.Estimator']
+  # The last column compares with Estimator never saving, where it exists.
+  baseline = never.get('tf.estimator.Estimator')
   print()
   print('Checkpoint stall: ~%d MB of variables, checkpoint every %d steps; '
         'median of %d repeat(s) of %d steps' % (
             VOCABULARY * EMBEDDING * 4 // 10 ** 6, args.interval,
             args.repeats, args.steps))
+  if baseline is None:
+    print()
+    print(common.no_estimator_note('rows'))
   print()
-  print('| system | checkpoints | steps/sec | vs. same system never saving | '
-        'stall per checkpoint, ms | ratio to Estimator never saving |')
-  print('|---|---|---:|---:|---:|---:|')
+  header = ['system', 'checkpoints', 'steps/sec',
+            'vs. same system never saving', 'stall per checkpoint, ms']
+  if baseline is not None:
+    header.append('ratio to Estimator never saving')
+  print('| %s |' % ' | '.join(header))
+  print('|---|---|%s|' % '|'.join(['---:'] * (len(header) - 2)))
   for system in systems:
     rate = median(system.rates)
     own = never[system.name]
     stall = ((1.0 / rate - 1.0 / own) * args.interval * 1000
              if system.saving != 'never' else 0.0)
-    print('| %s | %s | %.0f | %.2fx | %s | %.2fx |' % (
-        system.name, system.saving, rate, rate / own,
-        '-' if system.saving == 'never' else '%.0f' % stall,
-        rate / baseline))
+    row = [system.name, system.saving, common.fmt(rate, '%.0f'),
+           common.fmt(rate / own, '%.2fx'),
+           '-' if system.saving == 'never' else common.fmt(stall, '%.0f')]
+    if baseline is not None:
+      row.append(common.fmt(rate / baseline, '%.2fx'))
+    print('| %s |' % ' | '.join(row))
 
 
 def run(args):

@@ -24,9 +24,21 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import hookestimator as he  # noqa: E402
+from hookestimator import compat  # noqa: E402
 
 v1 = tf.compat.v1
+
+# tensorflow-estimator ended with TF 2.15: on later lines tf.estimator does
+# not exist, so the benchmarks have no Estimator systems there.
+HAS_ESTIMATOR = compat.ESTIMATOR is not None
+
+
+def no_estimator_note(what):
+  """The report's line saying why there are no Estimator `what`."""
+  return ('Note: tf.estimator does not exist on this line (TensorFlow %s, '
+          'no tensorflow-estimator), so there are no tf.estimator.Estimator '
+          '%s.' % (tf.__version__, what))
+
 
 BATCH_SIZE = 64
 NUM_EXAMPLES = 4096
@@ -91,22 +103,6 @@ def mlp_logits_loss_and_train_op(features, labels):
   return logits, loss, train_op
 
 
-def mlp_loss_and_train_op(features, labels):
-  """The shared model: returns (loss, train_op)."""
-  _, loss, train_op = mlp_logits_loss_and_train_op(features, labels)
-  return loss, train_op
-
-
-def hook_model_fn(features, labels, mode, params):
-  loss, train_op = mlp_loss_and_train_op(features, labels)
-  return he.HookEstimatorSpec(mode=mode, loss=loss, train_op=train_op)
-
-
-def estimator_model_fn(features, labels, mode, params):
-  loss, train_op = mlp_loss_and_train_op(features, labels)
-  return v1.estimator.EstimatorSpec(mode=mode, loss=loss, train_op=train_op)
-
-
 def timed(train, steps):
   """The wall time of train(steps), after a garbage collection."""
   gc.collect()
@@ -157,11 +153,22 @@ class System(object):
 
 
 def _package_version(name):
+  """The installed version of distribution `name`, or None."""
+  try:
+    # importlib.metadata from Python 3.8; pkg_resources (setuptools, which
+    # a Python 3.12 venv lacks) on 3.7.
+    from importlib import metadata  # pylint: disable=g-import-not-at-top
+    try:
+      return metadata.version(name)
+    except metadata.PackageNotFoundError:
+      return None
+  except ImportError:
+    pass
   try:
     import pkg_resources  # pylint: disable=g-import-not-at-top
     return pkg_resources.get_distribution(name).version
   except Exception:  # pylint: disable=broad-except
-    return 'unknown'
+    return None
 
 
 def _cpu_model():
@@ -178,10 +185,14 @@ def _cpu_model():
 def describe_machine():
   usable = (len(os.sched_getaffinity(0))
             if hasattr(os, 'sched_getaffinity') else os.cpu_count())
+  if HAS_ESTIMATOR:
+    estimator = 'tensorflow-estimator %s' % (
+        _package_version('tensorflow-estimator') or 'unknown')
+  else:
+    estimator = 'no tensorflow-estimator: tf.estimator does not exist'
   return [
-      'TensorFlow %s (tensorflow-estimator %s), Python %s' % (
-          tf.__version__, _package_version('tensorflow-estimator'),
-          platform.python_version()),
+      'TensorFlow %s (%s), Python %s' % (
+          tf.__version__, estimator, platform.python_version()),
       'Machine: %s; CPU: %s; CPU count: %s (usable: %s)' % (
           platform.platform(), _cpu_model(), os.cpu_count(), usable),
   ]

@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import hookestimator as he  # noqa: E402
+from hookestimator import compat  # noqa: E402
 from bench import common  # noqa: E402
 from bench import soak  # noqa: E402
 from bench.common import BATCH_SIZE, NEVER  # noqa: E402
@@ -42,7 +43,7 @@ from bench.common import BATCH_SIZE, NEVER  # noqa: E402
 v1 = tf.compat.v1
 
 GPT2_BATCH_SIZE = 32
-# models.gpt2.gpt2() with the values of gin/runs/gpt2_tiny.gin.
+# hookestimator.models.gpt2.gpt2() with the values of gin/runs/gpt2_tiny.gin.
 GPT2_TINY = dict(seq_len=128, num_layers=2, d_model=128, num_heads=4,
                  learning_rate=3e-3, warmup_steps=100, decay_steps=2000,
                  clip_norm=1.0)
@@ -52,13 +53,11 @@ GPT2_LIMIT_BATCHES = 16
 # per example, ~10x an mlp step per batch: too much to show overlap.)
 INPUT_ROUNDS = 18
 
-# name -> (label, loop size as shown, workloads it can serve)
+# name -> (label, loop size as shown, workloads it can serve): the systems
+# this TensorFlow line has. Estimator needs tensorflow-estimator (TF 2.15 and
+# older); Keras Model.fit with steps_per_execution needs TF 2.
 SYSTEMS = {
     'limit': ('the limit (bare while_loop)', '-', ('mlp', 'gpt2-tiny')),
-    'estimator': ('tf.estimator.Estimator', '-',
-                  ('mlp', 'gpt2-tiny', 'input-bound')),
-    'keras1': ('Keras Model.fit', '1', ('mlp',)),
-    'keras100': ('Keras Model.fit', '100', ('mlp',)),
     'hook1': ('hookestimator', '1', ('mlp', 'gpt2-tiny')),
     'hook10': ('hookestimator', '10', ('mlp', 'gpt2-tiny')),
     'hook100': ('hookestimator', '100',
@@ -66,6 +65,12 @@ SYSTEMS = {
     'hook1000': ('hookestimator', '1000', ('mlp',)),
     'input-alone': ('input alone', '-', ('input-bound',)),
 }
+if common.HAS_ESTIMATOR:
+  SYSTEMS['estimator'] = ('tf.estimator.Estimator', '-',
+                          ('mlp', 'gpt2-tiny', 'input-bound'))
+if compat.IS_TF2:
+  SYSTEMS['keras1'] = ('Keras Model.fit', '1', ('mlp',))
+  SYSTEMS['keras100'] = ('Keras Model.fit', '100', ('mlp',))
 
 
 # ----------------------------------------------------------------- workloads
@@ -89,7 +94,8 @@ class Workload(object):
 
   def estimator_model_fn(self, features, labels, mode):
     loss, train_op, _ = self.step(features, labels)
-    return v1.estimator.EstimatorSpec(mode=mode, loss=loss, train_op=train_op)
+    return compat.ESTIMATOR.EstimatorSpec(mode=mode, loss=loss,
+                                          train_op=train_op)
 
 
 def mlp_step(features, labels):
@@ -137,12 +143,12 @@ def expensive_input_fn(params):
 
 
 def gpt2_workload():
-  from models import gpt2  # pylint: disable=g-import-not-at-top
+  from hookestimator.models import gpt2  # pylint: disable=g-import-not-at-top
   model = gpt2.gpt2(**GPT2_TINY)
 
   def step(features, labels):
     # The model's own train step, its host_call dropped.
-    spec = model.model_fn(features, labels, tf.estimator.ModeKeys.TRAIN)
+    spec = model.model_fn(features, labels, compat.ModeKeys.TRAIN)
     return spec.loss, spec.train_op, None
 
   def batches():
@@ -172,14 +178,15 @@ def make_workload(name):
 
 # ------------------------------------------------------------------- runners
 class EstimatorRunner(object):
-  """tf.estimator.Estimator, one step per session.run."""
+  """tf.estimator.Estimator, one step per session.run (only where
+  tensorflow-estimator is installed)."""
 
   def __init__(self, workload, model_dir):
     self._workload = workload
-    config = v1.estimator.RunConfig(
+    config = compat.ESTIMATOR.RunConfig(
         model_dir=model_dir, save_checkpoints_steps=NEVER,
         save_summary_steps=NEVER, log_step_count_steps=NEVER)
-    self._estimator = v1.estimator.Estimator(
+    self._estimator = compat.ESTIMATOR.Estimator(
         lambda features, labels, mode, params: workload.estimator_model_fn(
             features, labels, mode),
         config=config, params={'batch_size': workload.batch_size})
@@ -213,29 +220,35 @@ class HookRunner(object):
 
 class KerasRunner(object):
   """Keras Model.fit of the same MLP (TF 2 only): the same initialisers,
-  loss, optimizer and dataset; one compiled model, fit called per train."""
+  loss, optimizer and dataset; one compiled model, fit called per train.
+  tf.keras is Keras 2 on TF 2.15 and Keras 3 from TF 2.16; the calls below
+  mean the same on both."""
 
   def __init__(self, workload, model_dir, steps_per_execution):
     del model_dir  # Keras keeps no files here.
     keras = tf.keras
+    # An Input layer rather than input_shape=, which Keras 3 deprecates.
     self._model = keras.Sequential([
+        keras.Input(shape=(common.NUM_INPUTS,)),
         keras.layers.Dense(common.NUM_HIDDEN, activation='relu',
                            kernel_initializer=keras.initializers.GlorotUniform(
-                               seed=1),
-                           input_shape=(common.NUM_INPUTS,)),
+                               seed=1)),
         keras.layers.Dense(common.NUM_CLASSES,
                            kernel_initializer=keras.initializers.GlorotUniform(
                                seed=2)),
     ])
+    # No XLA, like every other system: Keras 3's default ('auto') compiles
+    # with XLA on a machine with a GPU; Keras 2's default never does.
     self._model.compile(
         optimizer=keras.optimizers.SGD(common.LEARNING_RATE),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        steps_per_execution=steps_per_execution)
+        steps_per_execution=steps_per_execution, jit_compile=False)
     self._dataset = workload.input_fn({'batch_size': workload.batch_size})
 
   def train(self, steps):
+    # shuffle=False: a dataset is never shuffled by fit, and Keras 3 warns.
     self._model.fit(self._dataset, steps_per_epoch=steps, epochs=1,
-                    verbose=0)
+                    verbose=0, shuffle=False)
 
   def global_step(self):
     return int(self._model.optimizer.iterations.numpy())
@@ -317,6 +330,9 @@ class InputAloneRunner(object):
 
 
 def make_runner(system, workload, model_dir):
+  if system not in SYSTEMS:
+    raise ValueError('system %r does not exist on TensorFlow %s' % (
+        system, tf.__version__))
   if system == 'limit':
     return LimitRunner(workload, model_dir)
   if system == 'estimator':
@@ -437,7 +453,8 @@ def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   if len(argv) != 2 or argv[0] not in SYSTEMS:
     sys.exit('usage: python -m bench.peer_systems SYSTEM MODEL_DIR_ROOT '
-             '(SYSTEM one of %s)' % ', '.join(sorted(SYSTEMS)))
+             '(SYSTEM one of %s on TensorFlow %s)' % (
+                 ', '.join(sorted(SYSTEMS)), tf.__version__))
   serve(argv[0], argv[1])
 
 

@@ -12,8 +12,11 @@ What is compared
 
   - hookestimator at iterations_per_loop 1, 10, 100 and 1000;
   - tf.estimator.Estimator (tf.compat.v1.estimator), one step per
-    session.run;
-  - Keras Model.fit at steps_per_execution 1 and 100 (TF 2 only);
+    session.run, on the lines that have tensorflow-estimator (TF 2.15 and
+    older; later lines have no tf.estimator, so no Estimator rows,
+    targets or chart lines, and the report says so);
+  - Keras Model.fit at steps_per_execution 1 and 100 (TF 2 only: Keras 2
+    on TF 2.15, Keras 3 from TF 2.16);
   - the limit: the same training step in one bare tf.compat.v1.while_loop
     over batches held as constants in the graph: no input pipeline, no
     hooks, no host round trips; one session.run per call.
@@ -22,11 +25,12 @@ What is compared
 
   - mlp: 64 inputs -> 256 relu -> 10 logits, batch 64, plain SGD lr 0.05,
     4096 fixed examples (bench/common.py). Every system.
-  - gpt2-tiny: models.gpt2.gpt2() with gin/runs/gpt2_tiny.gin's values
-    (seq_len 128, 2 layers, d_model 128, 4 heads, Adam...), batch 32, its
-    model_fn with the host_call dropped; the limit holds the first 16
-    batches of the training input. No Keras (the model is built from
-    get_variable). Compute-bound: checks the framework adds ~nothing.
+  - gpt2-tiny: hookestimator.models.gpt2.gpt2() with the values of
+    gin/runs/gpt2_tiny.gin (seq_len 128, 2 layers, d_model 128, 4 heads,
+    Adam...), batch 32, its model_fn with the host_call dropped; the limit
+    holds the first 16 batches of the training input. No Keras (the model
+    is built from get_variable). Compute-bound: checks the framework adds
+    ~nothing.
   - host_call: the mlp at iterations_per_loop 100 with a host_call of
     three scalars every step, against the same run without it (the mlp
     row); cost = 1 - rate with / rate without.
@@ -36,8 +40,9 @@ What is compared
     each batch in a sequential map, no prefetch. (A map per example costs
     ~20 us per example in tf.data alone, ~10x a step per batch, so the
     chain runs once per batch.) Systems: hookestimator ipl 100 and
-    Estimator, against "input alone" (a while_loop pulling batches from
-    the same pipeline) and "compute alone" (the mlp limit). A framework
+    Estimator (where it exists), against "input alone" (a while_loop
+    pulling batches from the same pipeline) and "compute alone" (the mlp
+    limit). A framework
     that overlaps feeding with compute reaches min(input alone, compute
     alone); one that alternates them gets about 1 / (1/input + 1/compute).
   - memory: hookestimator ipl 100 with the 3-scalar host_call (in the
@@ -90,9 +95,9 @@ import tensorflow as tf  # noqa: E402
 
 from bench import peers_report  # noqa: E402
 from bench.common import describe_machine, require_positive  # noqa: E402
+from bench.peer_systems import SYSTEMS  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IS_TF2 = int(tf.__version__.split('.')[0]) >= 2
 WORKLOADS = ('mlp', 'gpt2-tiny', 'host_call', 'input-bound', 'memory')
 
 # (warm-up, base B, timed S) steps per measured workload: (full, --quick).
@@ -117,11 +122,11 @@ class BenchError(Exception):
 
 def measured_pairs(workloads):
   """The (workload, system) pairs to measure, in round-robin order:
-  the workloads' own and those their figures depend on."""
+  the workloads' own and those their figures depend on. Only systems this
+  TensorFlow line has (peer_systems.SYSTEMS) take part."""
   systems = {
-      'mlp': ['limit', 'estimator'] + (['keras1', 'keras100'] if IS_TF2
-                                       else []) +
-             ['hook1', 'hook10', 'hook100', 'hook1000'],
+      'mlp': ['limit', 'estimator', 'keras1', 'keras100', 'hook1', 'hook10',
+              'hook100', 'hook1000'],
       'host_call': ['hook100'],
       'input-bound': ['input-alone', 'hook100', 'estimator'],
       'gpt2-tiny': ['limit', 'estimator', 'hook1', 'hook10', 'hook100'],
@@ -131,7 +136,7 @@ def measured_pairs(workloads):
   pairs = []
   for workload in ('mlp', 'host_call', 'input-bound', 'gpt2-tiny'):
     if workload in workloads:
-      wanted = [(workload, s) for s in systems[workload]]
+      wanted = [(workload, s) for s in systems[workload] if s in SYSTEMS]
       for pair in needs.get(workload, []) + wanted:
         if pair not in pairs:
           pairs.append(pair)
@@ -276,7 +281,7 @@ def run(args):
       systems.append(system)
   if 'memory' in args.workloads and 'hook100' not in systems:
     systems.append('hook100')
-  results = peers_report.Results(args, IS_TF2, pairs)
+  results = peers_report.Results(args, pairs)
   machine = describe_machine() + [source_state()]
   for line in machine:
     progress(line)
@@ -329,8 +334,9 @@ def run(args):
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(
       prog='python -m bench.peers',
-      description='hookestimator against tf.estimator.Estimator, Keras '
-      'Model.fit and a bare while_loop, each in its own process.')
+      description='hookestimator against tf.estimator.Estimator (where '
+      'tensorflow-estimator is installed), Keras Model.fit (TF 2) and a bare '
+      'while_loop, each in its own process.')
   parser.add_argument('--quick', action='store_true',
                       help='smoke run: every row, tiny step counts, 1 repeat')
   parser.add_argument('--repeats', type=int, default=None,

@@ -6,16 +6,19 @@ import os
 
 import tensorflow as tf
 
-from bench.common import fmt, median
+from bench.common import HAS_ESTIMATOR, fmt, median, no_estimator_note
 from bench.peer_systems import GPT2_BATCH_SIZE, INPUT_ROUNDS, SYSTEMS
 
 BATCH_SIZES = {'mlp': 64, 'host_call': 64, 'input-bound': 64,
                'gpt2-tiny': GPT2_BATCH_SIZE}
 HOOK_LOOPS = ('hook1', 'hook10', 'hook100', 'hook1000')
-PEERS = (('limit', 'ratio to the limit'),
-         ('estimator', 'ratio to tf.estimator.Estimator'),
-         ('keras1', 'ratio to Keras spe 1'),
-         ('keras100', 'ratio to Keras spe 100'))
+# The ratio columns: only the peers this TensorFlow line has.
+PEERS = tuple((system, name) for system, name in (
+    ('limit', 'ratio to the limit'),
+    ('estimator', 'ratio to tf.estimator.Estimator'),
+    ('keras1', 'ratio to Keras spe 1'),
+    ('keras100', 'ratio to Keras spe 100')) if system in SYSTEMS)
+HAS_KERAS = 'keras100' in SYSTEMS
 NOTES = {
     'gpt2-tiny': 'No Keras rows: the model is built from '
                  'tf.compat.v1.get_variable and plain ops, not Keras layers.',
@@ -63,9 +66,8 @@ def table(header, rows, text_columns=1):
 class Results(object):
   """Every measured rate, the warm-up times and the memory samples."""
 
-  def __init__(self, args, is_tf2, pairs):
+  def __init__(self, args, pairs):
     self.args = args
-    self.is_tf2 = is_tf2
     self.pairs = pairs
     self.rates = {}
     self.warmup_seconds = {}
@@ -93,15 +95,14 @@ class Results(object):
 
   # ---------------------------------------------------------------- tables
   def throughput_table(self, workload):
-    peers = [p for p in PEERS if self.is_tf2 or not p[0].startswith('keras')]
     header = ['system', 'iterations_per_loop (Keras: steps_per_execution)',
-              'steps/sec', 'examples/sec'] + [name for _, name in peers]
+              'steps/sec', 'examples/sec'] + [name for _, name in PEERS]
     rows = []
     for system in self.systems(workload):
       rate = self.rate(workload, system)
       row = [label(system), loop_size(system), fmt(rate, '%.1f'),
              fmt(rate * BATCH_SIZES[workload], '%.0f')]
-      for peer, _ in peers:
+      for peer, _ in PEERS:
         peer_rate = self.rate(workload, peer)
         row.append('-' if peer_rate is None else
                    fmt(ratio(rate, peer_rate), '%.2fx'))
@@ -109,7 +110,7 @@ class Results(object):
     lines = ['### %s' % workload, ''] + table(header, rows)
     if workload in NOTES:
       lines += ['', 'Note: ' + NOTES[workload]]
-    if not self.is_tf2 and workload == 'mlp':
+    if not HAS_KERAS and workload == 'mlp':
       lines += ['', 'Note: no Keras rows on TensorFlow 1.x.']
     return lines + ['']
 
@@ -150,6 +151,8 @@ class Results(object):
         ('mlp', 'limit', 'compute alone (the mlp limit)'),
         ('input-bound', 'hook100', 'hookestimator'),
         ('input-bound', 'estimator', 'tf.estimator.Estimator')):
+      if system not in SYSTEMS:
+        continue
       rate = self.rate(workload, system)
       rows.append([name, loop_size(system), fmt(rate, '%.1f'),
                    fmt(rate * 64, '%.0f'),
@@ -225,13 +228,14 @@ class Results(object):
 
     versus('mlp: hookestimator ipl 100 >= 0.90x the limit', 'mlp', 'hook100',
            'limit', 0.90)
-    if self.is_tf2:
+    if HAS_KERAS:
       versus('mlp: hookestimator ipl 100 >= 1.0x Keras spe 100', 'mlp',
              'hook100', 'keras100', 1.0)
-    versus('mlp: hookestimator ipl 100 >= 3x tf.estimator.Estimator', 'mlp',
-           'hook100', 'estimator', 3.0)
-    versus('mlp: hookestimator ipl 1 >= 0.9x tf.estimator.Estimator', 'mlp',
-           'hook1', 'estimator', 0.9)
+    if HAS_ESTIMATOR:
+      versus('mlp: hookestimator ipl 100 >= 3x tf.estimator.Estimator',
+             'mlp', 'hook100', 'estimator', 3.0)
+      versus('mlp: hookestimator ipl 1 >= 0.9x tf.estimator.Estimator',
+             'mlp', 'hook1', 'estimator', 0.9)
     versus('gpt2-tiny: hookestimator ipl 100 >= 0.97x the limit',
            'gpt2-tiny', 'hook100', 'limit', 0.97)
     add('host_call: cost <= 15%', self.host_call_cost(),
@@ -259,6 +263,8 @@ class Results(object):
              'process.' % (self.args.repeats,
                            ' (--quick: tiny step counts, not meaningful)'
                            if self.args.quick else ''), '']
+    if not HAS_ESTIMATOR:
+      lines += [no_estimator_note('rows, targets or chart lines'), '']
     for workload in ('mlp', 'gpt2-tiny'):
       if workload in self.args.workloads:
         lines += self.throughput_table(workload)
@@ -296,7 +302,8 @@ def plot(results, path):
         (HOOK_LOOPS, 'o-', 'hookestimator (iterations_per_loop)'),
         (('keras1', 'keras100'), 's--',
          'Keras Model.fit (steps_per_execution)')):
-      points = [(int(loop_size(s)), rate(s)) for s in systems if rate(s)]
+      points = [(int(loop_size(s)), rate(s)) for s in systems
+                if s in SYSTEMS and rate(s)]
       if points:
         axis.plot([x for x, _ in points], [y for _, y in points], style,
                   label=name)
@@ -304,7 +311,7 @@ def plot(results, path):
     for system, style, color, name in (
         ('limit', ':', 'C2', 'the limit (bare while_loop)'),
         ('estimator', '-.', 'C3', 'tf.estimator.Estimator')):
-      if rate(system):
+      if system in SYSTEMS and rate(system):
         axis.axhline(rate(system), linestyle=style, color=color, label=name)
         values.append(rate(system))
     if values:
@@ -334,8 +341,11 @@ def plot(results, path):
                     'steps_per_execution)')
     axis.set_ylabel('steps/sec')
     axis.grid(True, which='both', alpha=0.3)
-  figure.suptitle('TensorFlow %s: marginal training steps/sec, median of %d '
-                  'repeat(s)' % (tf.__version__, results.args.repeats))
+  figure.suptitle('TensorFlow %s%s: marginal training steps/sec, median of '
+                  '%d repeat(s)' % (
+                      tf.__version__, '' if HAS_ESTIMATOR else
+                      ' (no tf.estimator on this line)',
+                      results.args.repeats))
   figure.tight_layout()
   figure.savefig(path, dpi=100)
   plt.close(figure)

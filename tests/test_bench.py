@@ -7,10 +7,24 @@ import sys
 import pytest
 import tensorflow as tf
 
+from hookestimator import compat
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IS_TF2 = int(tf.__version__.split('.')[0]) >= 2
+IS_TF2 = compat.IS_TF2
+# tf.estimator exists only where tensorflow-estimator is installed (TF 2.15
+# and older): elsewhere the bench has no Estimator rows at all.
+HAS_ESTIMATOR = compat.ESTIMATOR is not None
+ESTIMATOR = 'tf.estimator.Estimator'
+NO_ESTIMATOR_NOTE = 'Note: tf.estimator does not exist on this line'
 # A smoke run of ~2 minutes on a 2-core machine; slack for a loaded one.
 TIMEOUT = 420
+
+
+def _header(text, heading):
+  """The header cells of the table under `### heading`."""
+  lines = text.split('\n')
+  line = lines[lines.index('### %s' % heading) + 2]
+  return [cell.strip() for cell in line.strip('|').split('|')]
 
 
 def _rows(text, heading):
@@ -34,40 +48,62 @@ def test_peers_quick(tmp_path):
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
   out = result.stdout
 
+  limit = ('the limit (bare while_loop)', '-')
+  estimator = [(ESTIMATOR, '-')] if HAS_ESTIMATOR else []
   mlp = [(row[0], row[1]) for row in _rows(out, 'mlp')]
-  expected = [('the limit (bare while_loop)', '-'),
-              ('tf.estimator.Estimator', '-')]
+  expected = [limit] + estimator
   if IS_TF2:
     expected += [('Keras Model.fit', '1'), ('Keras Model.fit', '100')]
   expected += [('hookestimator', ipl) for ipl in ('1', '10', '100', '1000')]
   assert mlp == expected
-  assert [(row[0], row[1]) for row in _rows(out, 'gpt2-tiny')] == [
-      ('the limit (bare while_loop)', '-'), ('tf.estimator.Estimator', '-'),
-      ('hookestimator', '1'), ('hookestimator', '10'),
-      ('hookestimator', '100')]
+  # Every ratio column is a peer this line has, and every cell is filled.
+  header = _header(out, 'mlp')
+  peers = ['ratio to the limit'] + (
+      ['ratio to tf.estimator.Estimator'] if HAS_ESTIMATOR else []) + (
+          ['ratio to Keras spe 1', 'ratio to Keras spe 100'] if IS_TF2
+          else [])
+  assert header[4:] == peers
+  for row in _rows(out, 'mlp'):
+    assert len(row) == len(header) and all(row), row
+  assert [(row[0], row[1]) for row in _rows(out, 'gpt2-tiny')] == (
+      [limit] + estimator + [('hookestimator', '1'), ('hookestimator', '10'),
+                             ('hookestimator', '100')])
   assert 'Note: No Keras rows' in out
   assert len(_rows(out, 'host_call')) == 2
   assert 'host_call cost:' in out
   assert [row[0] for row in _rows(out, 'input-bound')] == [
       'input alone (a while_loop pulling batches from the pipeline)',
-      'compute alone (the mlp limit)', 'hookestimator',
-      'tf.estimator.Estimator']
+      'compute alone (the mlp limit)', 'hookestimator'] + (
+          [ESTIMATOR] if HAS_ESTIMATOR else [])
+  # Without tensorflow-estimator the report says why, and nothing else in
+  # it (tables, targets, the per-repeat list) names the Estimator.
+  if HAS_ESTIMATOR:
+    assert NO_ESTIMATOR_NOTE not in out
+  else:
+    assert NO_ESTIMATOR_NOTE in out
+    report = out[out.index('Training throughput'):]
+    assert [line for line in report.split('\n') if ESTIMATOR in line] == [
+        line for line in report.split('\n')
+        if line.startswith(NO_ESTIMATOR_NOTE)]
   assert [row[0] for row in _rows(out, 'memory')] == [
       'RSS (VmRSS), MB', 'OS threads', 'Python threads (active_count)']
   targets = [row[0] for row in _rows(out, 'targets')]
   expected_targets = [
-      'mlp: hookestimator ipl 100 >= 0.90x the limit',
-      'mlp: hookestimator ipl 100 >= 3x tf.estimator.Estimator',
-      'mlp: hookestimator ipl 1 >= 0.9x tf.estimator.Estimator',
+      'mlp: hookestimator ipl 100 >= 0.90x the limit']
+  if IS_TF2:
+    expected_targets.append('mlp: hookestimator ipl 100 >= 1.0x Keras '
+                            'spe 100')
+  if HAS_ESTIMATOR:
+    expected_targets += [
+        'mlp: hookestimator ipl 100 >= 3x tf.estimator.Estimator',
+        'mlp: hookestimator ipl 1 >= 0.9x tf.estimator.Estimator']
+  expected_targets += [
       'gpt2-tiny: hookestimator ipl 100 >= 0.97x the limit',
       'host_call: cost <= 15%',
       'input-bound: hookestimator ipl 100 >= 0.85x min(input alone, '
       'compute alone)',
       'memory: RSS growth < 5%',
       'memory: OS thread growth < 5%']
-  if IS_TF2:
-    expected_targets.insert(1, 'mlp: hookestimator ipl 100 >= 1.0x Keras '
-                            'spe 100')
   assert targets == expected_targets
   for row in _rows(out, 'targets'):
     assert row[2] in ('met', 'MISSED', '-')
@@ -79,6 +115,7 @@ def test_peers_quick(tmp_path):
   text = markdown.read_text()
   assert text.startswith('TensorFlow %s' % tf.__version__)
   assert '### targets' in text and '### gpt2-tiny' in text
+  assert (NO_ESTIMATOR_NOTE in text) == (not HAS_ESTIMATOR)
   assert figure.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
@@ -102,6 +139,21 @@ def test_child_that_dies_is_an_error_naming_it(tmp_path):
   finally:
     child.close()
   assert "system 'no-such-system': exited" in str(error.value)
+  assert 'usage: python -m bench.peer_systems' in str(error.value)
+
+
+@pytest.mark.skipif(HAS_ESTIMATOR, reason='this line has tf.estimator')
+def test_no_estimator_child_without_tensorflow_estimator(tmp_path):
+  from bench import peers  # pylint: disable=g-import-not-at-top
+  assert all(system != 'estimator' for _, system in peers.measured_pairs(
+      peers.WORKLOADS))
+  child = peers.Child('estimator', str(tmp_path))
+  try:
+    with pytest.raises(peers.BenchError) as error:
+      child.receive('start-up', 120)
+  finally:
+    child.close()
+  assert "system 'estimator': exited" in str(error.value)
   assert 'usage: python -m bench.peer_systems' in str(error.value)
 
 
