@@ -267,8 +267,7 @@ class HookEstimator(object):
     device.check()  # Before anything is written to model_dir.
     global_step = loop_lib.create_global_step(graph)
     dataset = self._call_input_fn(input_fn, params)
-    infeed, outfeed = feed.make_feeds(device.kind, dataset,
-                                      self._train_batch_size)
+    infeed, outfeed = feed.make_feeds(device.kind, dataset)
     device_loop = loop_lib.DeviceLoop(
         global_step, infeed, outfeed,
         lambda features, labels, mode: self._call_model_fn(
@@ -319,7 +318,8 @@ class HookEstimator(object):
         hooks_lib.ThroughputHook(self._train_batch_size,
                                  config.log_step_count_steps,
                                  device_loop.global_step_after,
-                                 device_loop.last_loss, writer),
+                                 device_loop.last_loss, writer,
+                                 tags=reader.tags),
         checkpoints,
         signals.SignalStopHook(signal_stop),
     ] + ([extra] if extra else []) + list(device_loop.spec.training_hooks) + (

@@ -56,9 +56,14 @@ class _Outfed(object):
     self._batch_size = batch_size
     self.has_loss = False
     self.metrics = None
+    self.pads = None
 
-  def __call__(self, spec):
-    self.metrics = spec_lib.check_eval_spec(spec, self._batch_size)
+  def __call__(self, spec, pads):
+    """`pads`: whether the input's short batches are padded, so that the
+    metrics tensors' padding rows must be dropped."""
+    self.pads = pads
+    self.metrics = spec_lib.check_eval_spec(
+        spec, self._batch_size if pads else None)
     self.has_loss = spec.loss is not None
     values = [tf.cast(spec.loss, tf.float32)] if self.has_loss else []
     return values + (self.metrics.tensors if self.metrics else [])
@@ -110,11 +115,18 @@ class MetricsReader(object):
     """Runs metric_fn on the host on the loop's real examples; returns the
     variables it made."""
     with tf.device(feed.HOST_DEVICE), v1.name_scope('eval_metrics'):
-      keep = tf.reshape(real, [-1])
       columns = stacked[2 if self._has_loss else 1:]
-      # Steps and rows in one axis, then only the real examples.
-      kept = [tf.boolean_mask(tf.reshape(t, [-1] + t.shape[2:].as_list()),
-                              keep) for t in columns]
+      if outfed.pads:
+        # Steps and rows in one axis, then only the real examples.
+        keep = tf.reshape(real, [-1])
+        kept = [tf.boolean_mask(tf.reshape(t, [-1] + t.shape[2:].as_list()),
+                                keep) for t in columns]
+      else:
+        # Whole batches of any layout: the real steps, concatenated along
+        # the tensors' first axis, as TPUEstimator concatenates them.
+        keep = real[:, 0]
+        kept = [tf.reshape(tf.boolean_mask(t, keep),
+                           [-1] + t.shape[2:].as_list()) for t in columns]
       before = {id(v) for v in v1.local_variables()}
       result = outfed.metrics.call(kept)
       _check_metric_ops(result, self._has_loss)

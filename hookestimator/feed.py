@@ -78,8 +78,11 @@ class CountedRun(object):
     return self._callable(count, options=options)
 
 
-def dataset_structure(dataset, batch_size):
-  """Checks `dataset` yields (features, labels) batches of `batch_size`.
+def dataset_structure(dataset):
+  """Checks `dataset` yields (features, labels) pairs of fully static
+  shapes, as the feeding queues need. A batch may have any layout (a TPU
+  program's input is often transposed and flattened): as with
+  TPUEstimator, no component needs a leading batch axis.
 
   Returns the element's (types, shapes) structures.
   """
@@ -93,18 +96,11 @@ def dataset_structure(dataset, batch_size):
                      'pairs, got elements of structure %r' % (types,))
   paths = _flat_paths(shapes)
   for path, shape in zip(paths, tf.nest.flatten(shapes)):
-    # dimension_value: on TF 1.15 an unknown Dimension compares as None.
-    if (shape.ndims is None or shape.ndims < 1 or
-        tf.compat.dimension_value(shape[0]) != batch_size):
-      raise ValueError(
-          'input_fn dataset component %s has shape %s; expected a static '
-          'batch dimension equal to params["batch_size"] = %d (batch with '
-          'drop_remainder=True)' % (path, shape, batch_size))
     if not shape.is_fully_defined():
       raise ValueError(
           'input_fn dataset component %s has shape %s; the feeding queues '
-          'need fully defined static shapes (pad to a fixed size)' %
-          (path, shape))
+          'need fully defined static shapes (batch with '
+          'drop_remainder=True, pad to a fixed size)' % (path, shape))
   return types, shapes
 
 
@@ -126,8 +122,8 @@ def _flat_paths(structure, prefix=('features', 'labels')):
 class HostInfeed(object):
   """The dataset iterator, the infeed queue and the enqueue loop."""
 
-  def __init__(self, dataset, batch_size):
-    types, shapes = dataset_structure(dataset, batch_size)
+  def __init__(self, dataset):
+    types, shapes = dataset_structure(dataset)
     self._structure = shapes
     self._types = tf.nest.flatten(types)
     self._shapes = tf.nest.flatten(shapes)
@@ -315,8 +311,8 @@ class TpuOutfeed(HostOutfeed):
     self.cancel_op = None
 
 
-def make_feeds(kind, dataset, batch_size):
+def make_feeds(kind, dataset):
   """The (infeed, outfeed) pair for device kind 'cpu', 'gpu' or 'tpu'."""
   if kind == 'tpu':
-    return TpuInfeed(dataset, batch_size), TpuOutfeed()
-  return HostInfeed(dataset, batch_size), HostOutfeed()
+    return TpuInfeed(dataset), TpuOutfeed()
+  return HostInfeed(dataset), HostOutfeed()

@@ -234,13 +234,16 @@ class ThroughputHook(v1.train.SessionRunHook):
   each worth a line and an event."""
 
   def __init__(self, batch_size, log_step_count_steps, global_step_after,
-               last_loss, writer, clock=time.monotonic):
+               last_loss, writer, clock=time.monotonic, tags=None):
+    """`tags`: {tag: the name to write it under}, for tags a host_call
+    also writes (host_call.framework_tag_names)."""
     self._batch_size = config_lib.check_positive_int('batch_size', batch_size)
     self._log_every = config_lib.check_positive_int('log_step_count_steps',
                                                     log_step_count_steps)
     self._fetches = {'step': global_step_after, 'loss': last_loss}
     self._writer = writer
     self._clock = clock
+    self._tags = dict(tags or {})
     self._start = None
     self._last_step = None
     self._span_steps = 0
@@ -277,9 +280,10 @@ class ThroughputHook(v1.train.SessionRunHook):
     examples_per_sec = steps_per_sec * self._batch_size
     self._span_steps, self._span_seconds = 0, 0.0
     summary = v1.Summary()
-    summary.value.add(tag='loop_seconds', simple_value=loop_seconds)
-    summary.value.add(tag='global_step/sec', simple_value=steps_per_sec)
-    summary.value.add(tag='examples/sec', simple_value=examples_per_sec)
+    for tag, value in (('loop_seconds', loop_seconds),
+                       ('global_step/sec', steps_per_sec),
+                       ('examples/sec', examples_per_sec)):
+      summary.value.add(tag=self._tags.get(tag, tag), simple_value=value)
     self._writer.add_summary(summary, step)
     log.info('global_step = %d, loss = %.6g, loop = %.3f s, '
              'examples/sec = %.1f, global_step/sec = %.2f', step, loss,

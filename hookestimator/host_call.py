@@ -13,12 +13,47 @@ are written at the step, and the writers it made are opened and flushed.
 """
 import logging
 
+import numpy as np
 import tensorflow as tf
 
 from hookestimator import compat
 from hookestimator.compat import v1
 
 log = logging.getLogger(__name__)
+
+# The tags the framework writes in training, beside host_call's own.
+FRAMEWORK_TAGS = ('loss', 'loop_seconds', 'global_step/sec', 'examples/sec')
+_TAG_INPUTS = ('tag', 'tags')
+
+
+def summary_tags(ops):
+  """The constant tags of the summary ops among `ops` (v1 summaries and
+  tf.summary writes alike name theirs in an input called tag or tags)."""
+  tags = set()
+  for op in ops:
+    if 'Summary' not in op.type:
+      continue
+    for index, arg in enumerate(op.op_def.input_arg):
+      if arg.name in _TAG_INPUTS:
+        value = tf.get_static_value(op.inputs[index])
+        if value is not None:
+          tags.update(t.decode() if isinstance(t, bytes) else str(t)
+                      for t in np.ravel(value))
+  return tags
+
+
+def framework_tag_names(user_tags):
+  """{framework tag: the name it is written under}: host_call owns its
+  tags, so a framework tag it also writes takes the first free suffix
+  (loss_1, loss_2, ...), as TPUEstimator names its own loss in that case."""
+  names = {}
+  for tag in FRAMEWORK_TAGS:
+    name, suffix = tag, 0
+    while name in user_tags:
+      suffix += 1
+      name = '%s_%d' % (tag, suffix)
+    names[tag] = name
+  return names
 
 
 def scalar_dict_keys(host_call):
@@ -64,11 +99,13 @@ class OutfeedReader(object):
     self._per_step = None
     self._init_ops = []
     self._flush_ops = []
+    self.tags = framework_tag_names(())
     if host_call is None:
       return
     host_values = stacked[2:]
     keys = scalar_dict_keys(host_call)
     if keys is not None:
+      self.tags = framework_tag_names(keys)
       self._keys = keys
       self._fetches['scalars'] = v1.map_fn(
           lambda step_values: _scalar_values(host_call, keys, step_values),
@@ -79,7 +116,11 @@ class OutfeedReader(object):
       # No name scope here: it would prefix the tags of fn's summaries.
       placeholders = [v1.placeholder(t.dtype, t.shape)
                       for t in host_call.tensors]
+      graph = v1.get_default_graph()
+      first_op = len(graph.get_operations())
       result = host_call.call(placeholders)
+      self.tags = framework_tag_names(summary_tags(
+          graph.get_operations()[first_op:]))
       self._per_step = (placeholders, _as_fetch_list(result))
       self._fetches['values'] = host_values
       self._init_ops = compat.summary_writer_init_ops()
@@ -98,7 +139,8 @@ class OutfeedReader(object):
     steps = out['step']
     for index, step in enumerate(steps):
       summary = v1.Summary()
-      summary.value.add(tag='loss', simple_value=float(out['loss'][index]))
+      summary.value.add(tag=self.tags['loss'],
+                        simple_value=float(out['loss'][index]))
       for key, column in zip(self._keys, out.get('scalars', ())):
         summary.value.add(tag=key, simple_value=float(column[index]))
       self._writer.add_summary(summary, int(step))

@@ -86,14 +86,15 @@ class InferencePipeline(object):
 
   def __init__(self, dataset, batch_size, device, call_model_fn, mode,
                outfed_fn, reuse=None):
-    padding.check_input(dataset, batch_size)
+    self.pads = padding.check_input(dataset, batch_size)
     with tf.device(feed.HOST_DEVICE):
-      padded, self.has_labels = padding.pad_dataset(dataset, batch_size)
+      padded, self.has_labels = padding.pad_dataset(dataset, batch_size,
+                                                    self.pads)
     self.batch_size = batch_size
-    self.infeed, self.outfeed = feed.make_feeds(device.kind, padded,
-                                                batch_size)
-    self.loop = InferenceLoop(self.infeed, self.outfeed, call_model_fn,
-                              device, mode, outfed_fn, reuse=reuse)
+    self.infeed, self.outfeed = feed.make_feeds(device.kind, padded)
+    self.loop = InferenceLoop(
+        self.infeed, self.outfeed, call_model_fn, device, mode,
+        lambda spec: outfed_fn(spec, self.pads), reuse=reuse)
     # Hardware feeds (TPU) have no close ops: an error closes the session.
     closable = self.infeed.close_op is not None
     self.cancel_ops = ([self.infeed.close_op, self.outfeed.cancel_op]

@@ -67,6 +67,41 @@ def create_global_step(graph):
         collections=[v1.GraphKeys.GLOBAL_VARIABLES, v1.GraphKeys.GLOBAL_STEP])
 
 
+_READ_OPS = ('ReadVariableOp',)
+_WRITE_OPS = ('AssignAddVariableOp', 'AssignSubVariableOp',
+              'AssignVariableOp')
+
+
+def order_reads_before_writes(handle, ops):
+  """Makes every read of the variable `handle` among `ops` run before every
+  write of it among `ops`, unless the read depends on the write.
+
+  model_fn reads the global step (`tf.reshape(global_step, [1])` for a
+  host_call, a learning-rate schedule) with nothing ordering the read
+  against minimize()'s increment, so inside a loop it could see either
+  value. TPUEstimator programs expect the value at the start of the step.
+  `ops` are in creation order, so inputs come before the ops using them.
+  """
+  reads = []
+  writes = []
+  after_write = set()
+  for op in ops:
+    uses_handle = bool(op.inputs) and op.inputs[0].name == handle.name
+    if uses_handle and op.type in _WRITE_OPS:
+      writes.append(op)
+      after_write.add(op)
+      continue
+    if any(t.op in after_write for t in op.inputs) or any(
+        c in after_write for c in op.control_inputs):
+      after_write.add(op)
+    elif uses_handle and op.type in _READ_OPS:
+      reads.append(op)
+  for write in writes:
+    missing = [r for r in reads if r not in write.control_inputs]
+    if missing:
+      write._add_control_inputs(missing)  # pylint: disable=protected-access
+
+
 def run_on_device(device, device_loop, iterations, reuse=None):
   """Builds `device_loop(iterations)` to run on `device`: on TPU as one TPU
   program whose loop size is an input. `reuse=AUTO_REUSE` shares the
@@ -103,14 +138,21 @@ class DeviceLoop(object):
 
     def step(i, unused_last_loss):
       with tf.control_dependencies([i]):
-        step_value = global_step.read_value()
+        # A raw read, so that its input is the handle as this loop body
+        # sees it, the one model_fn's own reads use.
+        step_value = tf.raw_ops.ReadVariableOp(resource=global_step.handle,
+                                               dtype=tf.int64)
       with tf.control_dependencies([step_value]):
         features, labels = infeed.dequeue()
+      graph = v1.get_default_graph()
+      first_model_op = len(graph.get_operations())
       with (tf.device(device.model_device) if device.model_device else
             contextlib.nullcontext()):
         self.spec = spec_lib.as_hook_spec(
             call_model_fn(features, labels, compat.ModeKeys.TRAIN))
         spec_lib.check_train_spec(self.spec)
+        order_reads_before_writes(step_value.op.inputs[0],
+                                  graph.get_operations()[first_model_op:])
         loss = self.spec.loss
         if check_nan_loss and device.kind != 'tpu':
           loss = nan.checked_loss(loss, step_value)

@@ -53,12 +53,14 @@ def _paths(structure):
 
 
 def check_input(dataset, batch_size):
-  """Checks an evaluation or prediction dataset; returns whether it has
-  labels.
+  """Checks an evaluation or prediction dataset; returns whether its short
+  batches are padded (see pad_dataset).
 
-  Every component needs a leading batch axis that is either static and
-  equal to `batch_size`, or unknown (a dataset batched without
-  drop_remainder); the other dimensions must be static.
+  A dataset of fully static shapes feeds whole batches of any layout, as
+  in training: nothing is padded. One whose batches may be short (batched
+  without drop_remainder: an unknown leading dimension) is padded to
+  `batch_size` rows, so every component then needs a leading batch axis,
+  unknown or equal to `batch_size`, and static shapes after it.
   """
   if not isinstance(dataset, DatasetBase):
     raise TypeError('input_fn must return a tf.data.Dataset, got %r' %
@@ -67,25 +69,32 @@ def check_input(dataset, batch_size):
   names = _component_names(features, labels)
   shapes = tf.nest.flatten(features) + (
       [] if labels is None else tf.nest.flatten(labels))
+  short = [(name, shape) for name, shape in zip(names, shapes)
+           if not shape.is_fully_defined()]
+  if not short:
+    return False
+  why = ('its batches can be short (%s has shape %s), so the last one is '
+         'padded to params["batch_size"] = %d rows' %
+         (short[0][0], short[0][1], batch_size))
   for name, shape in zip(names, shapes):
     if shape.ndims is None or shape.ndims < 1:
       raise ValueError(
-          'input_fn dataset component %s has shape %s; expected a leading '
-          'batch dimension (batch the dataset by params["batch_size"] = %d)'
-          % (name, shape, batch_size))
+          'input_fn dataset component %s has shape %s and cannot be padded: '
+          '%s, which needs a leading batch dimension in every component. '
+          'Batch with drop_remainder=True to feed whole batches of any shape'
+          % (name, shape, why))
     rows = tf.compat.dimension_value(shape[0])
     if rows is not None and rows != batch_size:
       raise ValueError(
-          'input_fn dataset component %s has shape %s; expected a batch '
-          'dimension equal to params["batch_size"] = %d, or unknown (batch '
-          'without drop_remainder: the last short batch is padded)' %
-          (name, shape, batch_size))
+          'input_fn dataset component %s has shape %s and cannot be padded: '
+          '%s, which needs a batch dimension equal to %d, or unknown, in '
+          'every component' % (name, shape, why, batch_size))
     if not shape[1:].is_fully_defined():
       raise ValueError(
           'input_fn dataset component %s has shape %s; the feeding queues '
           'need static shapes after the batch dimension (pad to a fixed '
           'size)' % (name, shape))
-  return labels is not None
+  return True
 
 
 def _pad_rows(tensor, batch_size):
@@ -96,17 +105,23 @@ def _pad_rows(tensor, batch_size):
   return padded
 
 
-def _zeros(shape, dtype, batch_size):
-  full = [batch_size] + shape[1:].as_list()
+def _zeros(shape, dtype):
   if dtype == tf.string:
-    return tf.fill(full, '')
-  return tf.zeros(full, dtype)
+    return tf.fill(shape.as_list(), '')
+  return tf.zeros(shape.as_list(), dtype)
 
 
-def pad_dataset(dataset, batch_size):
-  """The dataset as `(inputs, state)` batches of exactly `batch_size` rows,
-  followed by endless PAST_END batches. Call check_input first."""
+def pad_dataset(dataset, batch_size, pads):
+  """The dataset as `(inputs, state)` batches, followed by endless PAST_END
+  batches; `state` has `batch_size` rows. With `pads` (check_input's
+  answer), short batches are padded to exactly `batch_size` rows;
+  without, batches go as they are, every row of their state REAL."""
   has_labels = split_element(v1.data.get_output_shapes(dataset))[1] is not None
+
+  def whole(*element):
+    element = element if len(element) > 1 else element[0]
+    inputs = split_element(element) if has_labels else (element,)
+    return inputs, tf.fill([batch_size], REAL)
 
   def pad(*element):
     element = element if len(element) > 1 else element[0]
@@ -124,13 +139,12 @@ def pad_dataset(dataset, batch_size):
                                      inputs)
     return padded, state
 
-  real = dataset.map(pad)
+  real = dataset.map(pad if pads else whole)
   types = v1.data.get_output_types(real)[0]
   shapes = v1.data.get_output_shapes(real)[0]
   past_end = tf.data.Dataset.from_tensors(0).map(
-      lambda _: (tf.nest.map_structure(
-          lambda shape, dtype: _zeros(shape, dtype, batch_size),
-          shapes, types), tf.fill([batch_size], PAST_END))).repeat()
+      lambda _: (tf.nest.map_structure(_zeros, shapes, types),
+                 tf.fill([batch_size], PAST_END))).repeat()
   return real.concatenate(past_end), has_labels
 
 

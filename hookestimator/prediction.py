@@ -43,7 +43,8 @@ class _Outfed(object):
     self._predict_keys = predict_keys
     self.keys = None
 
-  def __call__(self, spec):
+  def __call__(self, spec, pads):
+    del pads  # Predictions are batch-major, padded or not.
     keys, tensors = spec_lib.check_predict_spec(spec, self._batch_size)
     if self._predict_keys is None:
       self.keys = keys

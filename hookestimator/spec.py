@@ -231,8 +231,9 @@ def check_eval_spec(spec, batch_size):
   """Raises unless `spec` can evaluate; returns its eval_metrics HostCall
   (or None).
 
-  It needs a scalar float loss, eval_metrics, or both; the eval_metrics
-  tensors are batch-major, so that padded examples can be dropped.
+  It needs a scalar float loss, eval_metrics, or both. Where the input is
+  padded (`batch_size` given), the eval_metrics tensors are batch-major,
+  so that padded examples can be dropped.
   """
   if spec.loss is None and spec.eval_metrics is None:
     raise ValueError('model_fn returned an EVAL spec without loss and '
@@ -243,6 +244,8 @@ def check_eval_spec(spec, batch_size):
   if spec.eval_metrics is None:
     return None
   metrics = HostCall(spec.eval_metrics, name='eval_metrics')
+  if batch_size is None:
+    return metrics
   for label, tensor in zip(metrics.labels, metrics.tensors):
     _check_batch_major('eval_metrics tensor %r' % (label,), tensor,
                        batch_size, 'one row per example, so that padding '

@@ -254,9 +254,11 @@ def test_bad_eval_specs_fail_before_any_step(est, model_fn, error, match):
     (dict(checkpoint_path='/no/such/model.ckpt-3'), ValueError,
      '/no/such/model.ckpt-3 is not a checkpoint'),
     (dict(input_fn='data'), TypeError, 'input_fn must be callable'),
-    (dict(input_fn=lambda params: models.dataset(16, 4, drop_remainder=True)),
-     ValueError, r'features has shape \(4, 4\); expected a batch dimension '
-     r'equal to params\["batch_size"\] = 8'),
+    (dict(input_fn=lambda params: tf.data.Dataset.zip((
+        tf.data.Dataset.from_tensors(tf.zeros([9, 4])).repeat(),
+        tf.data.Dataset.range(20).batch(8)))),
+     ValueError, r'features has shape \(9, 4\) and cannot be padded: .*'
+     r'needs a batch dimension equal to 8, or unknown'),
     (dict(input_fn=lambda params: tf.zeros([8, 4])), TypeError,
      'must return a tf.data.Dataset'),
 ])

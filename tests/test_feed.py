@@ -22,7 +22,7 @@ def _run_with_timeout(session, fetches, millis=500):
 
 def test_one_run_enqueues_a_whole_loop_of_batches_in_order():
   with tf.Graph().as_default():
-    infeed = feed.HostInfeed(_numbered_batches(20), batch_size=2)
+    infeed = feed.HostInfeed(_numbered_batches(20))
     features, labels = infeed.dequeue()
     with v1.Session() as session:
       session.run(infeed.initializer)
@@ -39,7 +39,7 @@ def test_one_run_enqueues_a_whole_loop_of_batches_in_order():
 
 def test_end_of_input_keeps_every_enqueued_batch_then_closes():
   with tf.Graph().as_default():
-    infeed = feed.HostInfeed(_numbered_batches(4), batch_size=2)
+    infeed = feed.HostInfeed(_numbered_batches(4))
     _, labels = infeed.dequeue()
     with v1.Session() as session:
       session.run(infeed.initializer)
@@ -102,7 +102,7 @@ def test_session_pools_add_a_loop_and_a_feeding_pool_keeping_the_users():
 
 def test_the_feeds_run_on_the_feeding_pool():
   with tf.Graph().as_default():
-    infeed = feed.HostInfeed(_numbered_batches(20), batch_size=2)
+    infeed = feed.HostInfeed(_numbered_batches(20))
     _, labels = infeed.dequeue()
     config, _, options = feed.session_pools(None)
     infeed.run_options = options

@@ -157,10 +157,15 @@ def test_bad_input_fails_at_the_call(est, model_fn, kwargs, error, match):
 
 
 def test_input_with_the_wrong_static_batch_fails_at_the_call(est):
-  with pytest.raises(ValueError, match=r'features has shape \(4, 4\).*= 8'):
+  # Whole batches of 4 are fed as they are; the predictions then have 4
+  # rows, not the batch size.
+  with pytest.raises(ValueError, match=r"predictions\['classes'\] .* has "
+                     r'shape \(4,\); expected a static leading batch '
+                     r'dimension equal to params\["batch_size"\] = 8'):
     est.predict(lambda params: models.dataset(8, 4, drop_remainder=True))
-  # Unbatched scalars.
-  with pytest.raises(ValueError, match=r'shape \(\); expected a leading '
-                     'batch dimension'):
-    est.predict(lambda params: tf.data.Dataset.from_tensor_slices(
-        models.data(8)[1]))
+  # Short batches are padded, which needs a batch axis in every component.
+  with pytest.raises(ValueError, match=r'features has shape \(3,\) and '
+                     r'cannot be padded'):
+    est.predict(lambda params: tf.data.Dataset.zip((
+        tf.data.Dataset.from_tensors(tf.zeros([3])).repeat(),
+        tf.data.Dataset.range(20).batch(8))))

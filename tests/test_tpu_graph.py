@@ -50,7 +50,7 @@ def tpu_graph():
   with tf.Graph().as_default() as graph:
     device = devices.Device('tpu', list_devices=lambda kind: [])
     global_step = loop_lib.create_global_step(graph)
-    infeed, outfeed = feed.make_feeds('tpu', dataset_of(64, 8), 8)
+    infeed, outfeed = feed.make_feeds('tpu', dataset_of(64, 8))
     loop = loop_lib.DeviceLoop(
         global_step, infeed, outfeed,
         lambda f, l, mode: linear_model_fn(f, l, mode,
