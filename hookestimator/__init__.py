@@ -7,6 +7,7 @@ from hookestimator.config import RunConfig
 from hookestimator.estimator import HookEstimator
 from hookestimator.model_dir import CheckpointMismatchError
 from hookestimator.nan import NanLossError
+from hookestimator.replicas import cross_replica_sum
 from hookestimator.signals import TrainingInterrupted
 from hookestimator.spec import EstimatorSpec
 from hookestimator.spec import HookEstimatorSpec
@@ -14,5 +15,6 @@ from hookestimator.spec import ModeKeys
 
 __all__ = ['CheckpointMismatchError', 'EstimatorSpec', 'HookEstimator',
            'HookEstimatorSpec',
-           'ModeKeys', 'NanLossError', 'RunConfig', 'TrainingInterrupted']
+           'ModeKeys', 'NanLossError', 'RunConfig', 'TrainingInterrupted',
+           'cross_replica_sum']
 __version__ = '0.1.0'

@@ -32,6 +32,16 @@ def check_positive_number(name, value):
   return value
 
 
+def _with_cpu_devices(session_config, count):
+  """A copy of `session_config` with at least `count` CPU devices, and soft
+  placement as a session with no config has."""
+  config = v1.ConfigProto(allow_soft_placement=True)
+  if session_config is not None:
+    config.CopyFrom(session_config)
+  config.device_count['CPU'] = max(count, config.device_count.get('CPU', 1))
+  return config
+
+
 class RunConfig(object):
   """Where a HookEstimator keeps its files and how it runs its loops.
 
@@ -48,6 +58,10 @@ class RunConfig(object):
     device: 'cpu', 'gpu' or 'tpu'.
     check_nan_loss: fail training, naming the step, at the first step whose
       loss is NaN or Inf (CPU and GPU; not inside a TPU program).
+    num_replicas: data-parallel replicas of the device loop, one per device
+      of `device`'s kind (on CPU, the session gets that many CPU devices).
+      The batch sizes are global: each replica's model_fn and input_fn see
+      params['batch_size'] = batch size / num_replicas.
   """
 
   def __init__(self,
@@ -59,7 +73,8 @@ class RunConfig(object):
                log_step_count_steps=100,
                session_config=None,
                device='cpu',
-               check_nan_loss=True):
+               check_nan_loss=True,
+               num_replicas=1):
     if model_dir is not None:
       if not isinstance(model_dir, (str, os.PathLike)):
         raise TypeError('model_dir must be a path string or None, got %r' %
@@ -105,6 +120,14 @@ class RunConfig(object):
       raise TypeError('check_nan_loss must be True or False, got %r' %
                       (check_nan_loss,))
     self.check_nan_loss = check_nan_loss
+    self.num_replicas = check_positive_int('num_replicas', num_replicas)
+    if device == 'tpu' and self.num_replicas > 1:
+      raise ValueError(
+          "num_replicas=%d cannot be honoured with device='tpu': one TPU "
+          'core runs the loop' % self.num_replicas)
+    if device == 'cpu' and self.num_replicas > 1:
+      self.session_config = _with_cpu_devices(session_config,
+                                              self.num_replicas)
 
   def replace(self, **changes):
     """A copy of this config with `changes` applied (and validated)."""
@@ -118,7 +141,8 @@ class RunConfig(object):
         log_step_count_steps=self.log_step_count_steps,
         session_config=self.session_config,
         device=self.device,
-        check_nan_loss=self.check_nan_loss)
+        check_nan_loss=self.check_nan_loss,
+        num_replicas=self.num_replicas)
     fields.update(changes)
     if 'save_checkpoints_steps' in changes and 'save_checkpoints_secs' not in changes:
       fields['save_checkpoints_secs'] = None
@@ -127,8 +151,9 @@ class RunConfig(object):
   def __repr__(self):
     return ('RunConfig(model_dir=%r, iterations_per_loop=%d, '
             'save_checkpoints_steps=%r, save_checkpoints_secs=%r, '
-            'keep_checkpoint_max=%d, log_step_count_steps=%d, device=%r)' % (
+            'keep_checkpoint_max=%d, log_step_count_steps=%d, device=%r, '
+            'num_replicas=%d)' % (
                 self.model_dir, self.iterations_per_loop,
                 self.save_checkpoints_steps, self.save_checkpoints_secs,
                 self.keep_checkpoint_max, self.log_step_count_steps,
-                self.device))
+                self.device, self.num_replicas))

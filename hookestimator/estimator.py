@@ -8,6 +8,7 @@ import tensorflow as tf
 from hookestimator import config as config_lib
 from hookestimator import devices
 from hookestimator import evaluation
+from hookestimator import event_writer
 from hookestimator import export
 from hookestimator import feed
 from hookestimator import hooks as hooks_lib
@@ -16,7 +17,9 @@ from hookestimator import loop as loop_lib
 from hookestimator import model_dir as model_dir_lib
 from hookestimator import nan
 from hookestimator import prediction
+from hookestimator import replicas
 from hookestimator import signals
+from hookestimator import signatures
 from hookestimator.checkpoint import CheckpointHook
 from hookestimator.checkpoint import DefaultSaver
 from hookestimator.compat import v1
@@ -60,11 +63,7 @@ class HookEstimator(object):
                eval_batch_size=None, predict_batch_size=None):
     if not callable(model_fn):
       raise TypeError('model_fn must be callable, got %r' % (model_fn,))
-    if 'features' not in _parameters(model_fn) and not any(
-        p.kind == p.VAR_POSITIONAL for p in _parameters(model_fn).values()):
-      raise ValueError('model_fn %s must take a `features` argument; its '
-                       'arguments are %s' % (model_fn.__name__,
-                                             list(_parameters(model_fn))))
+    signatures.check_model_fn(model_fn)  # For every mode, before any runs.
     if config is None:
       config = config_lib.RunConfig()
     if not isinstance(config, config_lib.RunConfig):
@@ -160,6 +159,7 @@ class HookEstimator(object):
                                               allow_none=True)
     if not callable(input_fn):
       raise TypeError('input_fn must be callable, got %r' % (input_fn,))
+    signatures.check_input_fn(input_fn)
     if hooks is not None and not isinstance(hooks, (list, tuple)):
       raise TypeError('hooks must be a list of SessionRunHooks, got %r' %
                       (hooks,))
@@ -235,6 +235,7 @@ class HookEstimator(object):
                       ('eval_input_fn', eval_input_fn)):
       if not callable(fn):
         raise TypeError('%s must be callable, got %r' % (label, fn))
+      signatures.check_input_fn(fn, label)
     max_steps = config_lib.check_positive_int('max_steps', max_steps)
     eval_every_steps = config_lib.check_positive_int('eval_every_steps',
                                                      eval_every_steps)
@@ -262,29 +263,41 @@ class HookEstimator(object):
     hooks (after the checkpoint hook), with `init_ops` and an `abort()`."""
     config = self._config
     model_dir_lib.check_writable(self.model_dir)
-    params = dict(self._params, batch_size=self._train_batch_size)
+    plan = self._replica_plan(self._train_batch_size, 'train_batch_size')
+    params = dict(self._params, batch_size=plan.replica_batch)
     device = devices.Device(config.device)
-    device.check()  # Before anything is written to model_dir.
+    found = device.check()  # Before anything is written to model_dir.
+    if device.kind == 'gpu':
+      plan.check_devices(found)
     global_step = loop_lib.create_global_step(graph)
-    dataset = self._call_input_fn(input_fn, params)
+    dataset = self._call_input_fn(
+        input_fn, dict(self._params, batch_size=plan.input_batch))
+    with tf.device(feed.HOST_DEVICE):
+      dataset = plan.replicate_input(dataset)
     infeed, outfeed = feed.make_feeds(device.kind, dataset)
     device_loop = loop_lib.DeviceLoop(
         global_step, infeed, outfeed,
         lambda features, labels, mode: self._call_model_fn(
             features, labels, mode, params),
-        device, check_nan_loss=config.check_nan_loss)
+        device, check_nan_loss=config.check_nan_loss,
+        replica_devices=plan.devices)
     # Before anything is written to model_dir.
     model_dir_lib.check_checkpoint_matches(self.latest_checkpoint(),
                                            v1.global_variables())
-    writer = v1.summary.FileWriterCache.get(self.model_dir)
+    # Opens its event file at the first summary: nothing is written to
+    # model_dir before the first step, and closing it ends its thread.
+    writer = event_writer.EventWriter(self.model_dir, graph)
     reader = OutfeedReader(outfeed, device_loop.host_call, writer)
     rendezvous = ErrorRendezvous()
     loop_state = loop_lib.LoopState()
     extra = (add_on(device, loop_state, rendezvous, device_loop, infeed)
              if add_on is not None else None)
+    # The replicas' copies of the variables are set from the real ones
+    # once those are restored or initialised.
     scaffold = self._scaffold(device_loop.spec, [infeed.initializer] +
                               reader.init_ops +
-                              (extra.init_ops if extra else []))
+                              (extra.init_ops if extra else []) +
+                              [device_loop.mirrored.sync_op()])
     # Hardware feeds (TPU) have no close ops: an error closes the session.
     closable = infeed.close_op is not None
     cancel_ops = [infeed.close_op, outfeed.cancel_op] if closable else None
@@ -294,7 +307,8 @@ class HookEstimator(object):
         loop_state, infeed, reader, rendezvous,
         drain_ops=[infeed.close_op, outfeed.close_op] if closable else (),
         cancel_ops=cancel_ops,
-        outfeed_batch_steps=feed.OUTFEED_BATCH_STEPS if closable else 1)
+        outfeed_batch_steps=feed.OUTFEED_BATCH_STEPS if closable else 1,
+        session_holders=[infeed, outfeed])
     device_system = hooks_lib.DeviceSystemHook(
         device, close_ops=cancel_ops or (),
         session_config=config.session_config)
@@ -331,13 +345,22 @@ class HookEstimator(object):
     creator = v1.train.ChiefSessionCreator(
         scaffold=scaffold, checkpoint_dir=self.model_dir,
         config=session_config)
-    with signal_stop:
-      _run_loops(creator, all_hooks, device_loop.train_op, rendezvous,
-                 aborts=[feeding.abort] + ([extra.abort] if extra else []) +
-                 [checkpoints.abort, device_system.close],
-                 options=loop_options)
+    try:
+      with signal_stop:
+        _run_loops(creator, all_hooks, device_loop.train_op, rendezvous,
+                   aborts=[feeding.abort] + ([extra.abort] if extra else []) +
+                   [checkpoints.abort, device_system.close],
+                   options=loop_options)
+    finally:
+      writer.close()  # Every event written, whatever ended the run.
     signal_stop.raise_if_stopped(self.checkpoint_step(),
                                  self.latest_checkpoint())
+
+  def _replica_plan(self, global_batch, name):
+    """How a mode's global batch goes over the configured replicas."""
+    return replicas.Plan(self._config.device, self._config.num_replicas,
+                         global_batch, name,
+                         split_batches=getattr(self, '_split_batches', False))
 
   def _call_input_fn(self, input_fn, params):
     """input_fn's dataset, built on the host."""

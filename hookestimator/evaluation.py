@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from hookestimator import compat
 from hookestimator import config as config_lib
+from hookestimator import event_writer
 from hookestimator import feed
 from hookestimator import hooks as hooks_lib
 from hookestimator import inference
@@ -52,18 +53,18 @@ def check_name(name):
 class _Outfed(object):
   """What each EVAL step outfeeds, chosen when the loop is built."""
 
-  def __init__(self, batch_size):
-    self._batch_size = batch_size
+  def __init__(self):
     self.has_loss = False
     self.metrics = None
     self.pads = None
 
-  def __call__(self, spec, pads):
+  def __call__(self, spec, pads, batch_size):
     """`pads`: whether the input's short batches are padded, so that the
-    metrics tensors' padding rows must be dropped."""
+    metrics tensors' padding rows (of `batch_size`, a replica's batch) must
+    be dropped."""
     self.pads = pads
-    self.metrics = spec_lib.check_eval_spec(
-        spec, self._batch_size if pads else None)
+    self.metrics = spec_lib.check_eval_spec(spec,
+                                            batch_size if pads else None)
     self.has_loss = spec.loss is not None
     values = [tf.cast(spec.loss, tf.float32)] if self.has_loss else []
     return values + (self.metrics.tensors if self.metrics else [])
@@ -217,13 +218,12 @@ class Evaluation(inference.InferenceRun):
                checkpoint_path=None, name=None):
     steps = config_lib.check_positive_int('steps', steps, allow_none=True)
     directory = eval_dir(estimator.model_dir, check_name(name))
-    self._outfed = _Outfed(estimator.eval_batch_size)
+    self._outfed = _Outfed()
     self._results = None
     super(Evaluation, self).__init__(
         estimator, input_fn, ModeKeys.EVAL, estimator.eval_batch_size,
         self._outfed, steps, hooks, checkpoint_path)
-    with self.graph.as_default():
-      self._writer = v1.summary.FileWriterCache.get(directory)
+    self._directory = directory
 
   def _make_reader(self, outfeed):
     reader = MetricsReader(outfeed, self._outfed)
@@ -236,7 +236,11 @@ class Evaluation(inference.InferenceRun):
   def results(self):
     """The metrics, `loss` and `global_step`; written to TensorBoard."""
     results = self._results.results
-    write_results(self._writer, results, results['global_step'])
+    writer = event_writer.EventWriter(self._directory, self.graph)
+    try:
+      write_results(writer, results, results['global_step'])
+    finally:
+      writer.close()
     log.info('Evaluation at step %d: %s', results['global_step'],
              _format(results))
     return results
@@ -266,15 +270,18 @@ class EvaluationRounds(v1.train.SessionRunHook):
     self._global_step_after = global_step_after
     self._train_infeed = train_infeed
     self._rendezvous = rendezvous
-    self._writer = v1.summary.FileWriterCache.get(
-        eval_dir(estimator.model_dir, name))
-    batch_size = estimator.eval_batch_size
-    params = dict(estimator.params, batch_size=batch_size)
-    dataset = estimator._call_input_fn(input_fn, params)
-    outfed = _Outfed(batch_size)
+    # Its event file opens at the first round's results; closed at the end.
+    self._writer = event_writer.EventWriter(
+        eval_dir(estimator.model_dir, name), v1.get_default_graph())
+    plan = estimator._replica_plan(estimator.eval_batch_size,
+                                   'eval_batch_size')
+    dataset = estimator._call_input_fn(
+        input_fn, dict(estimator.params, batch_size=plan.input_batch))
+    params = dict(estimator.params, batch_size=plan.replica_batch)
+    outfed = _Outfed()
     with v1.name_scope('evaluation'):
       self._pipeline = inference.InferencePipeline(
-          dataset, batch_size, device,
+          dataset, plan, device,
           inference.model_caller(estimator, params), ModeKeys.EVAL, outfed,
           reuse=v1.AUTO_REUSE)
       self._reader = MetricsReader(self._pipeline.outfeed, outfed)
@@ -282,7 +289,8 @@ class EvaluationRounds(v1.train.SessionRunHook):
     self._feeding = hooks_lib.InfeedOutfeedHook(
         self._loop_state, self._pipeline.infeed, self._reader, rendezvous,
         drain_ops=self._pipeline.drain_ops,
-        cancel_ops=self._pipeline.cancel_ops)
+        cancel_ops=self._pipeline.cancel_ops,
+        session_holders=[self._pipeline.infeed, self._pipeline.outfeed])
     self.init_ops = self._reader.init_ops
     self.history = []
     self._next_eval = None
@@ -307,12 +315,18 @@ class EvaluationRounds(v1.train.SessionRunHook):
     # Training ended with its input: evaluate that step too. (A stop asked
     # for by a hook or a signal ends without one more evaluation.)
     step = int(session.run(v1.train.get_global_step()))
-    if step != self._last_eval_step and self._train_infeed.input_ended:
-      self.evaluate(session, step)
-    self._feeding.end(session)
+    try:
+      if step != self._last_eval_step and self._train_infeed.input_ended:
+        self.evaluate(session, step)
+      self._feeding.end(session)
+    finally:
+      self._writer.close()
 
   def abort(self):
-    self._feeding.abort()
+    try:
+      self._feeding.abort()
+    finally:
+      self._writer.close()
 
   def _cap(self, step):
     """Ends the next training loop at the next evaluation step."""

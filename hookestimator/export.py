@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from hookestimator import compat
 from hookestimator import loop as loop_lib
+from hookestimator import signatures
 from hookestimator import spec as spec_lib
 from hookestimator.compat import v1
 from hookestimator.inference import checkpoint_to_read
@@ -115,6 +116,8 @@ def _check_arguments(export_dir_base, serving_input_receiver_fn,
   if not callable(serving_input_receiver_fn):
     raise TypeError('serving_input_receiver_fn must be callable, got %r' %
                     (serving_input_receiver_fn,))
+  signatures.check_takes_no_arguments(serving_input_receiver_fn,
+                                      'serving_input_receiver_fn')
   if not isinstance(export_dir_base, (str, bytes, os.PathLike)) or not (
       export_dir_base):
     raise TypeError('export_dir_base must be a directory path, got %r' %

@@ -33,12 +33,14 @@ FEEDING_POOL_THREADS = 2
 # faster for both the mlp and gpt2-tiny on two cores, and no more
 # half-speed sessions).
 LOOP_POOL_THREADS = 1
+# The names of the shared pools start with this (then the role and size).
+SHARED_POOL_PREFIX = 'hookestimator_'
 
 
 def session_pools(session_config):
   """(config, loop_options, feeding_options): a copy of `session_config`
-  (None: soft placement) with two more inter-op thread pools, and the
-  RunOptions that run on each.
+  (None: soft placement) with two more inter-op thread pools, shared by
+  every session of the process, and the RunOptions that run on each.
 
   The training loop runs on one, the feeding threads on the other, so
   that their ops never wait in line behind each other's or behind other
@@ -51,12 +53,22 @@ def session_pools(session_config):
   if not pools:
     # The first pool serves every run that names none, as the session's
     # single pool did.
-    pools.add(num_threads=config.inter_op_parallelism_threads)
-  pools.add(num_threads=config.inter_op_parallelism_threads or
-            LOOP_POOL_THREADS)
-  pools.add(num_threads=FEEDING_POOL_THREADS)
+    _add_shared_pool(pools, 'default', config.inter_op_parallelism_threads)
+  _add_shared_pool(pools, 'loop', config.inter_op_parallelism_threads or
+                   LOOP_POOL_THREADS)
+  _add_shared_pool(pools, 'feeding', FEEDING_POOL_THREADS)
   return (config, v1.RunOptions(inter_op_thread_pool=len(pools) - 2),
           v1.RunOptions(inter_op_thread_pool=len(pools) - 1))
+
+
+def _add_shared_pool(pools, role, num_threads):
+  """Adds a pool that every session of this process shares (TensorFlow
+  makes it at the first session that names it and keeps it), so that a
+  run starts no threads of its own for it: a pool per session would start
+  and end its threads with every train() call, and each new thread grows
+  the process's memory (a malloc arena of its own)."""
+  pools.add(num_threads=num_threads,
+            global_name='%s%s_%d' % (SHARED_POOL_PREFIX, role, num_threads))
 
 
 class CountedRun(object):
@@ -76,6 +88,10 @@ class CountedRun(object):
                                              accept_options=True)
       self._key = key
     return self._callable(count, options=options)
+
+  def release(self):
+    """Forgets the session's callable, which holds the session."""
+    self._key = self._callable = None
 
 
 def dataset_structure(dataset):
@@ -186,6 +202,10 @@ class HostInfeed(object):
       self._input_ended(session, count)
       return False
 
+  def release_session(self):
+    """Drops what holds the last session, once no thread uses it."""
+    self._run.release()
+
   def _input_ended(self, session, count):
     del count  # The loop is cut short wherever the input ended.
     log.info('Input ended; closing the infeed queue.')
@@ -200,6 +220,7 @@ class HostOutfeed(object):
     self._types = None
     self._shapes = None
     self.count = None
+    self._run = None
     # The RunOptions of the dequeue runs (session_pools').
     self.run_options = None
 
@@ -238,6 +259,11 @@ class HostOutfeed(object):
       return self._run(session, fetches, count, self.run_options)
     except tf.errors.OutOfRangeError:
       return None
+
+  def release_session(self):
+    """Drops what holds the last session, once no thread uses it."""
+    if self._run is not None:
+      self._run.release()
 
   def _dequeue_up_to(self, count):
     values = self._queue.dequeue_up_to(count, name='outfeed_dequeue')

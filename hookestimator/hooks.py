@@ -49,9 +49,10 @@ class DeviceSystemHook(v1.train.SessionRunHook):
 
   def close(self):
     """Closes the feeding queues and shuts the system down; idempotent."""
-    if self._session is not None and self._close_ops:
+    session, self._session = self._session, None  # Not kept past the run.
+    if session is not None and self._close_ops:
       close_ops, self._close_ops = self._close_ops, []
-      self._session.run(close_ops)
+      session.run(close_ops)
     if self._initialized:
       self._initialized = False
       self._device.shutdown(self._session_config)
@@ -142,11 +143,17 @@ class InfeedOutfeedHook(v1.train.SessionRunHook):
   steps are waiting (and at the end), so that with short loops one read
   takes many loops' steps. The device never waits on this as long as the
   outfeed queue holds 2 * outfeed_batch_steps steps.
+
+  Once the controllers are joined at the end (or on abort), the hook lets
+  go of the session, and so do `session_holders` (the feeds, whose
+  callables hold it, through their `release_session()`): the session, and
+  the model's memory in it, goes as soon as the run does, not at some
+  later garbage collection.
   """
 
   def __init__(self, loop_state, infeed, reader, rendezvous, drain_ops=(),
                cancel_ops=(), join_timeout=JOIN_TIMEOUT_SECS,
-               outfeed_batch_steps=1):
+               outfeed_batch_steps=1, session_holders=()):
     self._loop_state = loop_state
     self._infeed = infeed
     self._reader = reader
@@ -156,15 +163,18 @@ class InfeedOutfeedHook(v1.train.SessionRunHook):
     self._join_timeout = join_timeout
     self._outfeed_batch_steps = config_lib.check_positive_int(
         'outfeed_batch_steps', outfeed_batch_steps)
+    self._session_holders = list(session_holders)
     self._unread_steps = 0
     self._infeed_controller = None
     self._outfeed_controller = None
     self._session = None
+    self._cancels_on_error = False
 
   def after_create_session(self, session, coord):
-    if self._session is None:
+    if not self._cancels_on_error:
       # On the first error anywhere, unblock every queue op at once.
       self._rendezvous.on_error(self._cancel_queues)
+      self._cancels_on_error = True
     # A re-created session (after a preemption) gets fresh controllers; the
     # old ones only ever ran on the old session.
     self.join()
@@ -197,14 +207,25 @@ class InfeedOutfeedHook(v1.train.SessionRunHook):
         session.run(self._drain_ops)
       except tf.errors.CancelledError:
         pass  # Already closed by the error path; the error is raised below.
-    self.join()
-    self._rendezvous.raise_if_error()
-    self._reader.flush(session)
+    self.join()  # If a thread hangs, abort() still has the session to cancel.
+    try:
+      self._rendezvous.raise_if_error()
+      self._reader.flush(session)
+    finally:
+      self._release_session()
 
   def abort(self):
     """Stops at once: cancels pending queue ops, then joins the threads."""
-    self._cancel_queues()
-    self.join()
+    try:
+      self._cancel_queues()
+      self.join()
+    finally:
+      self._release_session()
+
+  def _release_session(self):
+    self._session = None
+    for holder in self._session_holders:
+      holder.release_session()
 
   def join(self):
     """Lets the controllers finish their signalled work and joins them."""

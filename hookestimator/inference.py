@@ -24,6 +24,8 @@ from hookestimator import feed
 from hookestimator import hooks as hooks_lib
 from hookestimator import loop as loop_lib
 from hookestimator import padding
+from hookestimator import replicas as replicas_lib
+from hookestimator import signatures
 from hookestimator import spec as spec_lib
 from hookestimator.compat import v1
 from hookestimator.controller import ErrorRendezvous
@@ -45,23 +47,49 @@ class InferenceLoop(object):
   """
 
   def __init__(self, infeed, outfeed, call_model_fn, device, mode, outfed_fn,
-               reuse=None):
+               reuse=None, replica_devices=None):
     self.iterations = v1.placeholder(tf.int32, [], name='iterations')
     self.spec = None
+    off_tpu = device.kind != 'tpu'
+    replica_devices = replica_devices or [device.model_device]
+    count = len(replica_devices)
+
+    def replica(index, sums):
+      stack = contextlib.ExitStack()
+      if off_tpu:
+        stack.enter_context(tf.device(replica_devices[index]))
+        stack.enter_context(sums.recording(index))
+      if index > 0:  # Reading only: the replicas share the variables.
+        stack.enter_context(v1.variable_scope(v1.get_variable_scope(),
+                                              reuse=v1.AUTO_REUSE))
+      return stack
 
     def step(i, stopped):
       with tf.control_dependencies([i]):
-        inputs, state = infeed.dequeue()
-      features, labels = padding.unpack_inputs(inputs)
-      with (tf.device(device.model_device) if device.model_device else
-            contextlib.nullcontext()):
-        self.spec = spec_lib.as_hook_spec(call_model_fn(features, labels,
-                                                        mode))
-        if self.spec.host_call is not None:
-          log.info('host_call runs in training only; %s does not run it',
-                   'evaluation' if mode == compat.ModeKeys.EVAL else
-                   'prediction')
-        enqueue = outfeed.enqueue([state] + list(outfed_fn(self.spec)))
+        element = infeed.dequeue()
+      sums = replicas_lib.CrossReplicaSums(count, replica_devices)
+      outfed = []
+      for index, (inputs, state) in enumerate(
+          replicas_lib.unstack(element, count)):
+        features, labels = padding.unpack_inputs(inputs)
+        with replica(index, sums):
+          spec = spec_lib.as_hook_spec(call_model_fn(features, labels, mode))
+          outfed.append([state] + list(outfed_fn(spec)))
+        if index == 0:
+          self.spec = spec
+      if off_tpu:
+        sums.wire()
+      if self.spec.host_call is not None:
+        log.info('host_call runs in training only; %s does not run it',
+                 'evaluation' if mode == compat.ModeKeys.EVAL else
+                 'prediction')
+      with (tf.device(replica_devices[0]) if off_tpu and replica_devices[0]
+            else contextlib.nullcontext()):
+        combined = replicas_lib.concat_outfed(
+            outfed, weights=[tf.reduce_sum(tf.cast(tf.equal(
+                values[0], padding.REAL), tf.float32)) for values in outfed])
+        state = combined[0]
+        enqueue = outfeed.enqueue(combined)
       with tf.control_dependencies([enqueue]):
         past_end = tf.cast(tf.equal(state[0], padding.PAST_END), tf.int32)
         return i + 1, tf.maximum(stopped, past_end)
@@ -84,17 +112,21 @@ class InferencePipeline(object):
   Build it in the graph that will run it, with `dataset` made on the host.
   """
 
-  def __init__(self, dataset, batch_size, device, call_model_fn, mode,
+  def __init__(self, dataset, plan, device, call_model_fn, mode,
                outfed_fn, reuse=None):
-    self.pads = padding.check_input(dataset, batch_size)
+    """`plan`: a replicas.Plan; input_fn's batches have plan.input_batch
+    rows (where they have a batch axis), model_fn's plan.replica_batch."""
+    self.pads = padding.check_input(dataset, plan.input_batch)
     with tf.device(feed.HOST_DEVICE):
-      padded, self.has_labels = padding.pad_dataset(dataset, batch_size,
-                                                    self.pads)
-    self.batch_size = batch_size
+      padded, self.has_labels = padding.pad_dataset(
+          dataset, plan.input_batch, self.pads)
+      padded = plan.replicate_input(padded)
+    self.batch_size = plan.replica_batch
     self.infeed, self.outfeed = feed.make_feeds(device.kind, padded)
     self.loop = InferenceLoop(
         self.infeed, self.outfeed, call_model_fn, device, mode,
-        lambda spec: outfed_fn(spec, self.pads), reuse=reuse)
+        lambda spec: outfed_fn(spec, self.pads, plan.replica_batch),
+        reuse=reuse, replica_devices=plan.devices)
     # Hardware feeds (TPU) have no close ops: an error closes the session.
     closable = self.infeed.close_op is not None
     self.cancel_ops = ([self.infeed.close_op, self.outfeed.cancel_op]
@@ -119,6 +151,7 @@ class InferenceRun(object):
                hooks, checkpoint_path):
     if not callable(input_fn):
       raise TypeError('input_fn must be callable, got %r' % (input_fn,))
+    signatures.check_input_fn(input_fn)
     user_hooks = check_hooks(hooks)
     checkpoint = checkpoint_to_read(estimator, checkpoint_path)
     config = estimator.config
@@ -126,9 +159,13 @@ class InferenceRun(object):
     with self.graph.as_default():
       device = devices.Device(config.device)
       loop_lib.create_global_step(self.graph)
-      params = dict(estimator.params, batch_size=batch_size)
-      dataset = estimator._call_input_fn(input_fn, params)
-      pipeline = InferencePipeline(dataset, batch_size, device,
+      plan = estimator._replica_plan(
+          batch_size, 'eval_batch_size' if mode == compat.ModeKeys.EVAL
+          else 'predict_batch_size')
+      dataset = estimator._call_input_fn(
+          input_fn, dict(estimator.params, batch_size=plan.input_batch))
+      params = dict(estimator.params, batch_size=plan.replica_batch)
+      pipeline = InferencePipeline(dataset, plan, device,
                                    model_caller(estimator, params), mode,
                                    outfed)
       self.rendezvous = ErrorRendezvous()
@@ -139,7 +176,8 @@ class InferenceRun(object):
       loop_state = loop_lib.LoopState()
       feeding = hooks_lib.InfeedOutfeedHook(
           loop_state, pipeline.infeed, reader, self.rendezvous,
-          drain_ops=pipeline.drain_ops, cancel_ops=pipeline.cancel_ops)
+          drain_ops=pipeline.drain_ops, cancel_ops=pipeline.cancel_ops,
+          session_holders=[pipeline.infeed, pipeline.outfeed])
       device_system = hooks_lib.DeviceSystemHook(
           device, close_ops=pipeline.cancel_ops or (),
           session_config=config.session_config)

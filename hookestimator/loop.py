@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from hookestimator import compat
 from hookestimator import nan
+from hookestimator import replicas as replicas_lib
 from hookestimator import spec as spec_lib
 from hookestimator.compat import v1
 
@@ -131,40 +132,79 @@ class DeviceLoop(object):
   """
 
   def __init__(self, global_step, infeed, outfeed, call_model_fn, device,
-               check_nan_loss=False):
+               check_nan_loss=False, replica_devices=None):
     self.iterations = v1.placeholder(tf.int32, [], name='iterations')
     self.spec = None
     self.host_call = None
+    # Off a TPU the loop is replicated by hand (replicas.py), one replica
+    # when replica_devices is None; on a TPU, one core runs it.
+    off_tpu = device.kind != 'tpu'
+    replica_devices = replica_devices or [device.model_device]
+    count = len(replica_devices)
+    self.mirrored = replicas_lib.MirroredVariables()
+
+    def replica_scope(index, sums):
+      """Builds replica `index`; yields the handle of its global step as
+      the loop body sees it."""
+      stack = contextlib.ExitStack()
+      if off_tpu:
+        stack.enter_context(tf.device(replica_devices[index]))
+        stack.enter_context(sums.recording(index))
+      step = global_step
+      if index > 0:
+        step = stack.enter_context(self.mirrored.replica(index, global_step))
+      # A raw read, so that its input is the handle as this loop body sees
+      # it, the one model_fn's own reads use.
+      handle = tf.raw_ops.ReadVariableOp(resource=step.handle,
+                                         dtype=tf.int64).op.inputs[0]
+      return stack, handle
 
     def step(i, unused_last_loss):
       with tf.control_dependencies([i]):
-        # A raw read, so that its input is the handle as this loop body
-        # sees it, the one model_fn's own reads use.
         step_value = tf.raw_ops.ReadVariableOp(resource=global_step.handle,
                                                dtype=tf.int64)
       with tf.control_dependencies([step_value]):
-        features, labels = infeed.dequeue()
+        element = infeed.dequeue()
+      sums = replicas_lib.CrossReplicaSums(count, replica_devices)
+      specs = []
       graph = v1.get_default_graph()
-      first_model_op = len(graph.get_operations())
-      with (tf.device(device.model_device) if device.model_device else
-            contextlib.nullcontext()):
-        self.spec = spec_lib.as_hook_spec(
-            call_model_fn(features, labels, compat.ModeKeys.TRAIN))
-        spec_lib.check_train_spec(self.spec)
-        order_reads_before_writes(step_value.op.inputs[0],
-                                  graph.get_operations()[first_model_op:])
-        loss = self.spec.loss
-        if check_nan_loss and device.kind != 'tpu':
+      for index, (features, labels) in enumerate(
+          replicas_lib.unstack(element, count)):
+        stack, handle = replica_scope(index, sums)
+        with stack:
+          first_model_op = len(graph.get_operations())
+          spec = spec_lib.as_hook_spec(
+              call_model_fn(features, labels, compat.ModeKeys.TRAIN))
+          spec_lib.check_train_spec(spec)
+          order_reads_before_writes(handle,
+                                    graph.get_operations()[first_model_op:])
+        specs.append(spec)
+      if off_tpu:
+        if count > 1 and sums.count == 0:
+          raise ValueError(
+              'model_fn made no cross-replica sum, so %d replicas would '
+              'train apart: wrap the optimizer in '
+              'tf.compat.v1.tpu.CrossShardOptimizer, or sum the gradients '
+              'with tf.compat.v1.tpu.cross_replica_sum' % count)
+        sums.wire()
+      self.spec = specs[0]
+      with (tf.device(replica_devices[0]) if off_tpu and replica_devices[0]
+            else contextlib.nullcontext()):
+        losses = [tf.cast(s.loss, tf.float32) for s in specs]
+        loss = losses[0] if count == 1 else tf.add_n(losses) / count
+        if check_nan_loss and off_tpu:
           loss = nan.checked_loss(loss, step_value)
         outfed = [step_value, loss]
         if self.spec.host_call is not None:
-          self.host_call = spec_lib.HostCall(self.spec.host_call)
+          self.host_call = spec_lib.HostCall(
+              replicas_lib.concat_host_calls([s.host_call for s in specs]))
           outfed += self.host_call.tensors
-        with tf.control_dependencies([self.spec.train_op]):
+        train_op = tf.group(*[s.train_op for s in specs])
+        with tf.control_dependencies([train_op]):
           outfed = [tf.identity(t) for t in outfed]
           enqueue = outfeed.enqueue(outfed)
-        with tf.control_dependencies([enqueue, self.spec.train_op]):
-          return i + 1, tf.cast(self.spec.loss, tf.float32)
+        with tf.control_dependencies([enqueue, train_op]):
+          return i + 1, tf.identity(loss)
 
     def device_loop(iterations):
       return v1.while_loop(

@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from hookestimator import config as config_lib
 from hookestimator import estimator as estimator_lib
+from hookestimator import event_writer
 from hookestimator import model_dir as model_dir_lib
 from hookestimator.compat import v1
 from hookestimator.progress import ProgressHook
@@ -184,10 +185,11 @@ def save_operative_config(model_dir, step):
   value.metadata.plugin_data.plugin_name = 'text'
   value.tensor.CopyFrom(tf.make_tensor_proto(
       '    ' + text.replace('\n', '\n    ')))  # markdown: keep as code
-  with tf.Graph().as_default():  # v1 writers refuse eager mode
-    writer = v1.summary.FileWriterCache.get(model_dir)
-  writer.add_summary(summary, step)
-  writer.flush()
+  writer = event_writer.EventWriter(model_dir)
+  try:
+    writer.add_summary(summary, step)
+  finally:
+    writer.close()
   return path
 
 

@@ -38,14 +38,15 @@ def check_predict_keys(predict_keys):
 class _Outfed(object):
   """What each PREDICT step outfeeds: the predictions asked for."""
 
-  def __init__(self, batch_size, predict_keys):
-    self._batch_size = batch_size
+  def __init__(self, predict_keys):
     self._predict_keys = predict_keys
     self.keys = None
 
-  def __call__(self, spec, pads):
-    del pads  # Predictions are batch-major, padded or not.
-    keys, tensors = spec_lib.check_predict_spec(spec, self._batch_size)
+  def __call__(self, spec, pads, batch_size):
+    """`batch_size`: a replica's batch; predictions are batch-major,
+    padded or not."""
+    del pads
+    keys, tensors = spec_lib.check_predict_spec(spec, batch_size)
     if self._predict_keys is None:
       self.keys = keys
       return tensors
@@ -111,8 +112,7 @@ class Prediction(inference.InferenceRun):
       raise TypeError('yield_single_examples must be True or False, got %r' %
                       (yield_single_examples,))
     self._single = bool(yield_single_examples)
-    self._outfed = _Outfed(estimator.predict_batch_size,
-                           check_predict_keys(predict_keys))
+    self._outfed = _Outfed(check_predict_keys(predict_keys))
     self._reader = None
     super(Prediction, self).__init__(
         estimator, input_fn, ModeKeys.PREDICT, estimator.predict_batch_size,

@@ -39,8 +39,10 @@ RESERVED_PARAMS_KEYS = ('batch_size', 'context')
 
 
 class InputPipelineConfig(object):
-  """TPUEstimator's input pipeline modes; accepted, and all the same here
-  (one host feeds one device)."""
+  """TPUEstimator's input pipeline modes. With several replicas, PER_HOST_V1
+  splits each input_fn batch over the replicas, PER_HOST_V2 and
+  PER_SHARD_V1 give each replica batches of its own; BROADCAST and SLICED
+  are refused there (docs/replicas.md)."""
   PER_SHARD_V1 = 1
   PER_HOST_V1 = 2
   PER_HOST_V2 = 3
@@ -96,6 +98,22 @@ class TPUConfig(
         experimental_host_call_every_n_steps,
         experimental_allow_per_host_v2_parallel_get_next,
         experimental_feed_hook)
+
+  def splits_batches(self, replicas):
+    """Whether input_fn's batches are split over `replicas` replicas
+    (PER_HOST_V1) rather than each replica reading its own; raises for the
+    modes several replicas cannot honour."""
+    mode = self.per_host_input_for_training
+    if mode is True:
+      mode = InputPipelineConfig.PER_HOST_V1
+    elif mode is False:
+      mode = InputPipelineConfig.PER_SHARD_V1
+    if replicas > 1 and mode in (InputPipelineConfig.BROADCAST,
+                                 InputPipelineConfig.SLICED):
+      _reject('per_host_input_for_training', mode, 'BROADCAST and SLICED '
+              'input serve model parallelism; with %d replicas use '
+              'PER_HOST_V1 or PER_HOST_V2' % replicas)
+    return mode == InputPipelineConfig.PER_HOST_V1
 
   def check_one_core(self):
     """Raises if this config needs more than the one TPU core that runs
@@ -213,9 +231,10 @@ class TPUEstimator(estimator_lib.HookEstimator):
   """TPUEstimator's constructor and methods on the hookestimator loop.
 
   `use_tpu=True` runs the loop on a TPU when this machine has one, else on
-  its GPU or CPU; `use_tpu=False` on the GPU or CPU. The choice is logged
-  once. model_fn sees params['batch_size'] (the whole batch: one device
-  runs the loop) and params['use_tpu'] (whether it runs on a TPU).
+  its GPUs or CPU with TPUConfig.num_shards replicas; `use_tpu=False` on
+  the GPU or CPU, one replica. The choice is logged once. model_fn sees
+  params['batch_size'] (the mode's batch over the replicas) and
+  params['use_tpu'] (whether it runs on a TPU or on several replicas).
   """
 
   def __init__(self, model_fn=None, model_dir=None, config=None, params=None,
@@ -258,19 +277,31 @@ class TPUEstimator(estimator_lib.HookEstimator):
                       'WarmStartSettings, got %r' %
                       (warm_start_from,))
     device = choose_device(bool(use_tpu))
-    if device == 'tpu' and isinstance(config, RunConfig):
-      config.tpu_config.check_one_core()
-    log.info('TPUEstimator(use_tpu=%r) runs on %s', bool(use_tpu), device)
+    replicas = 1
+    split_batches = False
+    if isinstance(config, RunConfig):
+      if device == 'tpu':
+        config.tpu_config.check_one_core()
+      elif use_tpu:
+        # No TPU here: num_shards replicas on the GPUs or CPU devices.
+        replicas = config.tpu_config.num_shards or 1
+      split_batches = config.tpu_config.splits_batches(replicas)
+    else:
+      replicas = config.num_replicas
+    log.info('TPUEstimator(use_tpu=%r) runs on %s%s', bool(use_tpu), device,
+             ' with %d replicas' % replicas if replicas > 1 else '')
     self._eval_device = (device if device != 'tpu' or eval_on_tpu else
                          choose_device(False))
     self._export_to_tpu = export_to_tpu
     self._warm_start_from = warm_start_from
     self._seed = getattr(config, 'tf_random_seed', None)
     super(TPUEstimator, self).__init__(
-        model_fn, config=config.replace(device=device), params=params,
+        model_fn, config=config.replace(device=device, num_replicas=replicas),
+        params=params,
         train_batch_size=train_batch_size or 1,
         eval_batch_size=eval_batch_size or 1,
         predict_batch_size=predict_batch_size or 1)
+    self._split_batches = split_batches
     # TPUEstimator asks for a batch size only where it is used.
     self._train_batch_size = train_batch_size
     self._eval_batch_size = eval_batch_size
@@ -334,7 +365,10 @@ class TPUEstimator(estimator_lib.HookEstimator):
 
   def _call_model_fn(self, features, labels, mode, params):
     self._set_seed()  # export calls model_fn first
-    params = dict(params, use_tpu=self._config.device == 'tpu')
+    # True also while several replicas run, so that a program wrapping its
+    # optimizer in CrossShardOptimizer only on a TPU sums its gradients.
+    params = dict(params, use_tpu=(self._config.device == 'tpu' or
+                                   self._config.num_replicas > 1))
     spec = spec_lib.as_hook_spec(super(TPUEstimator, self)._call_model_fn(
         features, labels, mode, params))
     if mode == ModeKeys.TRAIN and self._warm_start_from is not None:

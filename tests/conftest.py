@@ -120,11 +120,17 @@ class FailingHook(v1.train.SessionRunHook):
 
 
 def read_scalars(model_dir):
-  """{tag: {step: value}} from every event file under model_dir (not sub-dirs)."""
+  """{tag: {step: value}} from every event file under model_dir (not sub-dirs).
+
+  The framework writes exactly one value per tag and step (and evaluate()
+  one per call): a second one fails here, rather than silently replacing
+  the first.
+  """
   import glob
   import os
   scalars = {}
-  for path in glob.glob(os.path.join(str(model_dir), 'events.out.tfevents*')):
+  for path in sorted(glob.glob(os.path.join(str(model_dir),
+                                            'events.out.tfevents*'))):
     for event in v1.train.summary_iterator(path):
       for value in event.summary.value:
         if value.HasField('simple_value'):
@@ -133,5 +139,12 @@ def read_scalars(model_dir):
           number = float(tf.make_ndarray(value.tensor))
         else:
           continue
-        scalars.setdefault(value.tag, {})[event.step] = number
+        steps = scalars.setdefault(value.tag, {})
+        if event.step in steps:
+          raise AssertionError(
+              '%r was written more than once at step %d under %s (%r, then '
+              '%r); expected exactly one value per step and tag' % (
+                  value.tag, event.step, model_dir, steps[event.step],
+                  number))
+        steps[event.step] = number
   return scalars

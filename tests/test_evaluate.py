@@ -92,7 +92,8 @@ def test_dict_features_and_labels_without_drop_remainder(tmp_path):
       _expected(est, 29, 8)['accuracy'])
 
 
-def test_summaries_go_to_the_eval_directory_at_the_global_step(est):
+def test_summaries_go_to_the_eval_directory_at_the_global_step(tmp_path):
+  est = models.trained(tmp_path)  # Evaluated once in each directory.
   est.evaluate(lambda params: models.dataset(16, params['batch_size']))
   est.evaluate(lambda params: models.dataset(16, params['batch_size']),
                name='holdout')

@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from hookestimator import devices
 from hookestimator import padding
+from hookestimator import replicas
 from hookestimator.evaluation import MetricsReader
 from hookestimator.evaluation import _Outfed as EvalOutfed
 from hookestimator.inference import InferencePipeline
@@ -86,3 +87,26 @@ def test_padding_a_component_without_a_batch_axis_is_refused():
         r'component features has shape \(12,\) and cannot be padded: its '
         r'batches can be short \(labels has shape \((\?|None),\)\)')):
       padding.check_input(dataset, 2)
+
+
+@pytest.mark.parametrize('mode,outfed', [
+    ('eval', EvalOutfed),
+    ('infer', lambda: PredictOutfed(None)),
+])
+def test_tpu_inference_loop_is_one_program_between_hardware_feeds(mode,
+                                                                   outfed):
+  with tf.Graph().as_default() as graph:
+    device = devices.Device('tpu', list_devices=lambda kind: [])
+    v1.train.create_global_step()
+    outfed = outfed()
+    pipeline = InferencePipeline(
+        models.dataset(20, 8), replicas.Plan('tpu', 1, 8, 'batch_size'),
+        device, lambda f, l, m: models.model_fn(f, l, m, {}), mode, outfed)
+    if mode == 'eval':
+      MetricsReader(pipeline.outfeed, outfed)
+  assert_one_tpu_program_between_hardware_feeds(graph)
+  assert pipeline.cancel_ops is None and pipeline.drain_ops == ()
+  # Row states first, then [loss, labels, logits] or the predictions.
+  dtypes = [t.dtype for t in pipeline.outfeed.dequeue_op]
+  assert dtypes[0] == tf.int32
+  assert len(dtypes) == 4  # eval: + loss, labels, logits; infer: 3 keys

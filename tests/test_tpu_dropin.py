@@ -63,16 +63,20 @@ def test_tpu_estimator_example_runs_without_tf_estimator(tmp_path):
 
 @requires_estimator
 def test_tpu_estimator_example_runs_with_only_the_import_changed(
-    example_modules, tmp_path):
+    example_modules, tmp_path, caplog):
   original, drop_in = example_modules
   assert drop_in.tpu is tpu
-  # TensorFlow's TPUEstimator, on the CPU of this machine.
+  # TensorFlow's TPUEstimator, on the CPU of this machine, one replica.
   expected, expected_predictions = original.run(str(tmp_path / 'tf'),
                                                 use_tpu=False, train_steps=12)
-  # hookestimator: use_tpu=True falls back to the CPU; num_shards=8 is
-  # only meaningful on a TPU.
-  results, predictions = drop_in.run(str(tmp_path / 'he'), use_tpu=True,
-                                     train_steps=12)
+  # hookestimator: use_tpu=True with no TPU runs num_shards=8 replicas on
+  # this machine's CPU devices, CrossShardOptimizer summing over them; the
+  # global batch is the same, so is the training.
+  with caplog.at_level(logging.INFO, logger='hookestimator.tpu'):
+    results, predictions = drop_in.run(str(tmp_path / 'he'), use_tpu=True,
+                                       train_steps=12)
+  assert ('TPUEstimator(use_tpu=True) runs on %s with 8 replicas' %
+          tpu.choose_device(True)) in caplog.text
   assert results['global_step'] == expected['global_step'] == 12
   assert results['accuracy'] == pytest.approx(expected['accuracy'])
   assert results['loss'] == pytest.approx(expected['loss'], rel=1e-4)
@@ -234,7 +238,7 @@ def test_arguments_that_cannot_be_honoured_are_refused(make, match):
 def test_arguments_without_meaning_here_are_accepted(tmp_path):
   config = tpu.RunConfig(
       tpu_config=tpu.TPUConfig(
-          iterations_per_loop=2, num_shards=8,
+          iterations_per_loop=2,
           per_host_input_for_training=tpu.InputPipelineConfig.PER_HOST_V2,
           tpu_job_name='worker', initial_infeed_sleep_secs=1),
       master='grpc://10.0.0.1:8470', evaluation_master='', cluster=None,

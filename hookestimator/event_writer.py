@@ -1,0 +1,80 @@
+"""TensorBoard event files: each run writes through writers of its own and
+closes them when it ends.
+
+TensorFlow's `FileWriterCache` keeps one writer, and its thread, per
+directory for the life of the process; a process that runs many trainings
+(a sweep, a notebook) would pile them up. An `EventWriter` belongs to one
+run instead: it creates its event file at the first summary (a run that
+fails before writing anything leaves no file behind), and `close()` at
+the run's end, whether it succeeded, failed or was stopped by a signal,
+writes out every event and ends the writer's thread.
+
+Each writer's file name ends in a suffix of its own, so that two runs
+into one directory within the same second do not write the same file.
+"""
+import itertools
+import logging
+import os
+import threading
+
+import tensorflow as tf
+
+from hookestimator.compat import v1
+
+log = logging.getLogger(__name__)
+
+_numbers = itertools.count(1)
+
+
+class EventWriter(object):
+  """A run's event file in `logdir`, with `graph`'s definition when given.
+
+  add_summary and flush may be called from any thread; after close() a
+  summary is dropped (a thread still running past the end of its run
+  writes nothing more).
+  """
+
+  def __init__(self, logdir, graph=None):
+    self.logdir = logdir
+    self._graph = graph
+    self._lock = threading.Lock()
+    self._writer = None
+    self._closed = False
+
+  def add_summary(self, summary, step):
+    """Writes `summary` (a Summary or its serialized bytes) at `step`."""
+    writer = self._open()
+    if writer is not None:
+      writer.add_summary(summary, step)
+
+  def flush(self):
+    with self._lock:
+      writer = self._writer
+    if writer is not None:
+      writer.flush()
+
+  def close(self):
+    """Writes out every event and ends the writer's thread; idempotent."""
+    with self._lock:
+      writer, self._writer = self._writer, None
+      self._closed = True
+    if writer is not None:
+      writer.close()
+
+  def _open(self):
+    with self._lock:
+      if self._closed:
+        log.warning('A summary for %s came after its run ended; dropped',
+                    self.logdir)
+        return None
+      if self._writer is None:
+        self._writer = _file_writer(self.logdir, self._graph)
+      return self._writer
+
+
+def _file_writer(logdir, graph):
+  # TensorFlow 2's v1 writers refuse eager mode: made in graph mode.
+  with (graph if graph is not None else tf.Graph()).as_default():
+    return v1.summary.FileWriter(
+        logdir, graph=graph,
+        filename_suffix='.%d.%d' % (os.getpid(), next(_numbers)))

@@ -1,0 +1,298 @@
+"""N replicas of the device loop on N devices, in one graph.
+
+In-graph replication, as TPU replication works: one loop whose every step
+runs model_fn once per replica, each on its own device and its own share of
+the input. In training each replica has its own copy of the variables
+(replica 0's are the real ones, saved in checkpoints; the others are local
+variables named `replica_<r>/...`, set from replica 0's when the session
+starts). Every replica applies the same summed gradients, so the copies
+stay equal, and a checkpoint moves between runs with any number of
+replicas. Evaluation and prediction only read variables: the replicas
+share one copy.
+
+The cross-replica sum off-TPU: while a replica's model_fn is built (and
+only then), `tf.compat.v1.tpu.cross_replica_sum` and CrossShardOptimizer
+(which calls it) get a stand-in instead of the TPU op, which has no CPU or
+GPU kernel; once every replica is built, the k-th stand-ins of all
+replicas are wired to the sum of their inputs. model_fn also runs inside
+TPU's shard context with N shards, so CrossShardOptimizer scales its loss
+by 1/N (its MEAN reduction) as on a TPU.
+"""
+import contextlib
+
+import tensorflow as tf
+from tensorflow.python.ops import gen_tpu_ops
+from tensorflow.python.tpu import tpu_function
+from tensorflow.python.tpu.ops import tpu_ops
+
+from hookestimator.compat import v1
+
+REPLICA_SCOPE = 'replica_%d'
+# The collections each replica's model_fn must see as its own: its global
+# step, the variables its optimizer trains, its losses and update ops.
+_PER_REPLICA_COLLECTIONS = (
+    v1.GraphKeys.GLOBAL_STEP, v1.GraphKeys.TRAINABLE_VARIABLES,
+    v1.GraphKeys.TRAINABLE_RESOURCE_VARIABLES, v1.GraphKeys.UPDATE_OPS,
+    v1.GraphKeys.LOSSES, v1.GraphKeys.REGULARIZATION_LOSSES,
+    v1.GraphKeys.SUMMARIES, v1.GraphKeys.MOVING_AVERAGE_VARIABLES)
+
+
+def cross_replica_sum(x, name=None):
+  """The sum of `x` over all replicas (`x` itself with one), as
+  tf.compat.v1.tpu.cross_replica_sum, which a TPU program may call as it
+  is; on a TPU it is that op."""
+  return tpu_ops.cross_replica_sum(x, name=name)
+
+
+def per_replica_batch(name, global_batch, count):
+  """global_batch / count; a ValueError naming both when count does not
+  divide it."""
+  if global_batch % count:
+    raise ValueError(
+        '%s=%d cannot be split over %d replicas: the global batch must be a '
+        'multiple of the number of replicas' % (name, global_batch, count))
+  return global_batch // count
+
+
+def devices(kind, count):
+  """The devices of `count` replicas of `kind` ('cpu' or 'gpu')."""
+  return ['/device:%s:%d' % (kind.upper(), index) for index in range(count)]
+
+
+class Plan(object):
+  """How one mode's batches go over the replicas.
+
+  Attributes:
+    count: the number of replicas.
+    devices: one device per replica, or None for the device's default.
+    replica_batch: params['batch_size'] in model_fn: the global batch over
+      the replicas.
+    input_batch: params['batch_size'] in input_fn: the global batch when
+      input_fn's batches are split (`split_batches`, TPUEstimator's
+      PER_HOST_V1), else the replica batch (each replica its own batches,
+      PER_HOST_V2).
+  """
+
+  def __init__(self, kind, count, global_batch, name, split_batches=False):
+    self.count = count
+    self.split_batches = split_batches
+    self.devices = None if count == 1 else devices(kind, count)
+    self.replica_batch = per_replica_batch(name, global_batch, count)
+    self.input_batch = global_batch if split_batches else self.replica_batch
+
+  def replicate_input(self, dataset):
+    """The dataset's elements stacked [count, ...], one slice a replica."""
+    return split_input(dataset, self.count, self.split_batches)
+
+  def check_devices(self, found):
+    """Raises unless `found` (the device kind's devices) has one device per
+    replica."""
+    if self.count > len(found):
+      raise ValueError(
+          'num_replicas=%d needs %d devices of this kind; this machine has '
+          '%d (%s)' % (self.count, self.count, len(found), ', '.join(found)))
+
+
+def split_input(dataset, count, split_batches):
+  """`dataset`'s elements as [count, ...] stacks, one slice per replica.
+
+  With `split_batches` each element is one global batch, split along its
+  first axis (TPUEstimator's PER_HOST_V1); without, `count` consecutive
+  elements are stacked, each a replica's batch (PER_HOST_V2)."""
+  if count == 1:
+    return dataset
+  if not split_batches:
+    return dataset.batch(count, drop_remainder=True)
+  shapes = tf.nest.flatten(v1.data.get_output_shapes(dataset))
+  for shape in shapes:
+    rows = tf.compat.dimension_value(shape[0]) if shape.ndims else None
+    if rows is None or rows % count:
+      raise ValueError(
+          'An input_fn batch of shape %s cannot be split over %d replicas: '
+          'with per-host input (PER_HOST_V1) every component needs a static '
+          'leading batch dimension that the number of replicas divides; '
+          'use InputPipelineConfig.PER_HOST_V2 for batches of any layout'
+          % (shape, count))
+
+  def split(*element):
+    element = element if len(element) > 1 else element[0]
+    return tf.nest.map_structure(
+        lambda t: tf.reshape(t, [count, -1] + t.shape[1:].as_list()), element)
+  return dataset.map(split)
+
+
+def unstack(element, count):
+  """The list of `count` per-replica structures of a stacked element."""
+  if count == 1:
+    return [element]
+  flat = [tf.unstack(t, count) for t in tf.nest.flatten(element)]
+  return [tf.nest.pack_sequence_as(element, [parts[index] for parts in flat])
+          for index in range(count)]
+
+
+def concat_host_calls(host_calls):
+  """One replica's host_call `(fn, tensors)` with each tensor concatenated
+  along its first axis over all replicas' host_calls, in replica order."""
+  fn, tensors = host_calls[0]
+  if len(host_calls) == 1:
+    return fn, tensors
+  if isinstance(tensors, dict):
+    return fn, {key: tf.concat([h[1][key] for h in host_calls], 0)
+                for key in tensors}
+  return fn, [tf.concat(list(parts), 0)
+              for parts in zip(*[h[1] for h in host_calls])]
+
+
+def concat_outfed(per_replica, weights):
+  """Each replica's list of outfed tensors combined position by position:
+  concatenated along the first axis, scalars (a loss) averaged with the
+  replicas' `weights` (how many real examples each saw)."""
+  if len(per_replica) == 1:
+    return list(per_replica[0])
+  total = tf.maximum(tf.add_n(weights), 1.0)
+  combined = []
+  for parts in zip(*per_replica):
+    if parts[0].shape.ndims == 0:
+      combined.append(tf.add_n([tf.cast(p, tf.float32) * w
+                                for p, w in zip(parts, weights)]) / total)
+    else:
+      combined.append(tf.concat(list(parts), 0))
+  return combined
+
+
+class CrossReplicaSums(object):
+  """The cross-replica sums of the replicas built inside `recording()`."""
+
+  def __init__(self, count, devices_):
+    self._count = count
+    self._devices = devices_
+    self._by_replica = []
+
+  @contextlib.contextmanager
+  def recording(self, replica):
+    """Builds replica `replica`'s model_fn: its cross_replica_sum calls
+    make stand-ins, recorded in call order."""
+    if replica != len(self._by_replica):
+      raise ValueError('Replicas are built in order; got replica %d after %d'
+                       % (replica, len(self._by_replica)))
+    records = []
+    self._by_replica.append(records)
+    real = gen_tpu_ops.cross_replica_sum
+
+    def stand_in(input, group_assignment, name=None):  # pylint: disable=redefined-builtin
+      del name
+      self._check_groups(group_assignment)
+      result = tf.identity(input, name='cross_replica_sum')
+      records.append((input, result))
+      return result
+    gen_tpu_ops.cross_replica_sum = stand_in
+    try:
+      with tpu_function.tpu_shard_context(self._count):
+        yield
+    finally:
+      gen_tpu_ops.cross_replica_sum = real
+
+  def _check_groups(self, group_assignment):
+    groups = tf.get_static_value(group_assignment)
+    if groups is not None and [list(g) for g in groups] != [
+        list(range(self._count))]:
+      raise ValueError(
+          'cross_replica_sum with group_assignment %s cannot be honoured: '
+          'off a TPU every sum runs over all %d replicas' %
+          (groups.tolist(), self._count))
+
+  @property
+  def count(self):
+    """How many sums each replica made."""
+    return len(self._by_replica[0]) if self._by_replica else 0
+
+  def wire(self):
+    """Wires every replica's k-th sum to the sum over replicas of their
+    k-th inputs, computed on the first replica's device."""
+    counts = [len(records) for records in self._by_replica]
+    if len(set(counts)) > 1:
+      raise ValueError('The replicas made different numbers of '
+                       'cross_replica_sum calls: %s; model_fn must build '
+                       'the same graph in every replica' % counts)
+    if self._count == 1:
+      return
+    for sums in zip(*self._by_replica):
+      with tf.device(self._devices[0]):
+        total = tf.add_n([tf.convert_to_tensor(value) for value, _ in sums])
+      for index, (_, stand_in) in enumerate(sums):
+        with tf.device(self._devices[index]):
+          local = tf.identity(total)
+        for consumer in list(stand_in.consumers()):
+          for position, tensor in enumerate(consumer.inputs):
+            if tensor is stand_in:
+              consumer._update_input(position, local)  # pylint: disable=protected-access
+
+
+@contextlib.contextmanager
+def _own_collections(graph, values):
+  """The collections in `values` hold only the given items while inside;
+  what was added to them inside is dropped on the way out."""
+  saved = {}
+  for key in _PER_REPLICA_COLLECTIONS:
+    ref = graph.get_collection_ref(key)
+    saved[key] = list(ref)
+    ref[:] = values.get(key, [])
+  try:
+    yield
+  finally:
+    for key, items in saved.items():
+      graph.get_collection_ref(key)[:] = items
+
+
+class MirroredVariables(object):
+  """Each training replica but the first builds its own copy of the
+  variables; `sync_op` sets them from the first replica's."""
+
+  def __init__(self):
+    self._pairs = []
+    self._global_steps = []
+
+  @contextlib.contextmanager
+  def replica(self, index, global_step):
+    """Builds replica `index` (> 0): its variables are local copies named
+    replica_<index>/..., and its global step a copy of `global_step`.
+    Yields the replica's global step."""
+    graph = v1.get_default_graph()
+    before = set(id(v) for v in v1.global_variables())
+    with v1.variable_scope(REPLICA_SCOPE % index):
+      step = v1.get_variable(
+          'global_step', shape=[], dtype=tf.int64,
+          initializer=v1.zeros_initializer(), trainable=False,
+          use_resource=True, collections=[v1.GraphKeys.LOCAL_VARIABLES])
+      self._pairs.append((step, global_step))
+      with _own_collections(graph, {v1.GraphKeys.GLOBAL_STEP: [step]}):
+        yield step
+    scope = REPLICA_SCOPE % index
+    canonical = {v.op.name: v for v in v1.global_variables()
+                 if id(v) in before}
+    global_ref = graph.get_collection_ref(v1.GraphKeys.GLOBAL_VARIABLES)
+    made = [v for v in global_ref if id(v) not in before]
+    for variable in made:
+      name = variable.op.name
+      # Slot variables repeat the scope: replica_1/replica_1/w/Momentum.
+      parts = name.split('/')
+      original_name = '/'.join(p for p in parts if p != scope)
+      original = (canonical.get(original_name) if scope in parts else None)
+      if original is None:
+        raise ValueError(
+            'Replica %d made the variable %s, which replica 0 did not make '
+            'as %s; model_fn must make the same variables in every replica '
+            'and name them within its variable scope' %
+            (index, name, original_name))
+      self._pairs.append((variable, original))
+    global_ref[:] = [v for v in global_ref if id(v) in before]
+    graph.get_collection_ref(v1.GraphKeys.LOCAL_VARIABLES).extend(made)
+
+  def sync_op(self):
+    """Sets every copy from the first replica's variable (after the copies'
+    own initialisers); run it once the real variables are restored."""
+    assigns = []
+    for copy, original in self._pairs:
+      with tf.control_dependencies([copy.initializer]):
+        assigns.append(v1.assign(copy, original.read_value()))
+    return tf.group(*assigns, name='sync_replicas')
