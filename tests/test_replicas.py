@@ -210,3 +210,14 @@ def test_a_global_batch_the_replicas_do_not_divide_is_refused(tmp_path):
   with pytest.raises(ValueError, match='train_batch_size=6 cannot be split '
                      'over 4 replicas'):
     est.train(input_fn, steps=1)
+
+
+def test_resuming_replicas_continue_the_data_where_they_stopped(tmp_path):
+  straight = _estimator(tmp_path, 2, name='straight', iterations_per_loop=3)
+  straight.train(input_fn, steps=23)
+  resumed = _estimator(tmp_path, 2, name='resumed', iterations_per_loop=3)
+  resumed.train(input_fn, steps=10)  # Stops at step 10, mid-loop sizes.
+  resumed.train(input_fn, steps=13)
+  assert resumed.get_variable_value('global_step') == 23
+  for name, value in _variables(straight).items():
+    np.testing.assert_allclose(_variables(resumed)[name], value, atol=1e-6)
