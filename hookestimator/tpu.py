@@ -8,7 +8,7 @@ runs on hookestimator by changing its import line to
 meaning here (a cluster to connect to, how several hosts split the input)
 are accepted and not used; arguments that cannot be honoured (distribution
 strategies, several TPU cores, TPU embeddings) raise a ValueError naming
-them. The README has the table.
+them. docs/tpu.md has the table.
 """
 import collections
 import copy
