@@ -6,25 +6,17 @@ import tempfile
 import tensorflow as tf
 
 from hookestimator import config as config_lib
-from hookestimator import devices
 from hookestimator import evaluation
-from hookestimator import event_writer
 from hookestimator import export
 from hookestimator import feed
-from hookestimator import hooks as hooks_lib
 from hookestimator import inference
-from hookestimator import loop as loop_lib
-from hookestimator import model_dir as model_dir_lib
-from hookestimator import nan
 from hookestimator import prediction
 from hookestimator import replicas
-from hookestimator import signals
+from hookestimator import runs
 from hookestimator import signatures
-from hookestimator.checkpoint import CheckpointHook
+from hookestimator import training
 from hookestimator.checkpoint import DefaultSaver
 from hookestimator.compat import v1
-from hookestimator.controller import ErrorRendezvous
-from hookestimator.host_call import OutfeedReader
 from hookestimator.input_position import is_input_position_key
 
 log = logging.getLogger(__name__)
@@ -173,8 +165,7 @@ class HookEstimator(object):
       log.info('Skipping training: the checkpoint is at step %d and '
                'max_steps=%d', start_step, max_steps)
       return self
-    with tf.Graph().as_default() as graph:
-      self._train_graph(graph, input_fn, steps, max_steps, user_hooks)
+    training.Training(self, input_fn, steps, max_steps, user_hooks).run()
     return self
 
   def evaluate(self, input_fn, steps=None, hooks=None, checkpoint_path=None,
@@ -191,8 +182,8 @@ class HookEstimator(object):
     run = evaluation.Evaluation(self, input_fn, steps, hooks,
                                 checkpoint_path, name)
     with run.graph.as_default():
-      _run_loops(run.session_creator, run.hooks, run.fetch, run.rendezvous,
-                 run.aborts, run.loop_options)
+      runs.run_loops(run.session_creator, run.hooks, run.fetch,
+                     run.rendezvous, run.aborts, run.loop_options)
     return run.results()
 
   def predict(self, input_fn, predict_keys=None, hooks=None,
@@ -250,111 +241,9 @@ class HookEstimator(object):
     built = []
     add_on = evaluation.rounds_add_on(self, eval_input_fn, eval_steps,
                                       eval_every_steps, max_steps, name, built)
-    with tf.Graph().as_default() as graph:
-      self._train_graph(graph, train_input_fn, None, max_steps, user_hooks,
-                        add_on=add_on)
+    training.Training(self, train_input_fn, None, max_steps, user_hooks,
+                      add_on=add_on).run()
     return built[0].history
-
-  def _train_graph(self, graph, input_fn, steps, max_steps, user_hooks,
-                   add_on=None):
-    """Builds the training graph and runs it. `add_on(device, loop_state,
-    rendezvous, device_loop, infeed)`, when given, builds more of the graph
-    after the training loop and returns a hook that runs with the training
-    hooks (after the checkpoint hook), with `init_ops` and an `abort()`."""
-    config = self._config
-    model_dir_lib.check_writable(self.model_dir)
-    plan = self._replica_plan(self._train_batch_size, 'train_batch_size')
-    params = dict(self._params, batch_size=plan.replica_batch)
-    device = devices.Device(config.device)
-    found = device.check()  # Before anything is written to model_dir.
-    if device.kind == 'gpu':
-      plan.check_devices(found)
-    global_step = loop_lib.create_global_step(graph)
-    dataset = self._call_input_fn(
-        input_fn, dict(self._params, batch_size=plan.input_batch))
-    with tf.device(feed.HOST_DEVICE):
-      dataset = plan.replicate_input(dataset)
-    infeed, outfeed = feed.make_feeds(device.kind, dataset)
-    device_loop = loop_lib.DeviceLoop(
-        global_step, infeed, outfeed,
-        lambda features, labels, mode: self._call_model_fn(
-            features, labels, mode, params),
-        device, check_nan_loss=config.check_nan_loss,
-        replica_devices=plan.devices)
-    # Before anything is written to model_dir.
-    model_dir_lib.check_checkpoint_matches(self.latest_checkpoint(),
-                                           v1.global_variables())
-    # Opens its event file at the first summary: nothing is written to
-    # model_dir before the first step, and closing it ends its thread.
-    writer = event_writer.EventWriter(self.model_dir, graph)
-    reader = OutfeedReader(outfeed, device_loop.host_call, writer)
-    rendezvous = ErrorRendezvous()
-    loop_state = loop_lib.LoopState()
-    extra = (add_on(device, loop_state, rendezvous, device_loop, infeed)
-             if add_on is not None else None)
-    # The replicas' copies of the variables are set from the real ones
-    # once those are restored or initialised.
-    scaffold = self._scaffold(device_loop.spec, [infeed.initializer] +
-                              reader.init_ops +
-                              (extra.init_ops if extra else []) +
-                              [device_loop.mirrored.sync_op()])
-    # Hardware feeds (TPU) have no close ops: an error closes the session.
-    closable = infeed.close_op is not None
-    cancel_ops = [infeed.close_op, outfeed.cancel_op] if closable else None
-    # Host queues are read in batches of steps; a hardware outfeed is read
-    # loop by loop, as the TPU program fills it.
-    feeding = hooks_lib.InfeedOutfeedHook(
-        loop_state, infeed, reader, rendezvous,
-        drain_ops=[infeed.close_op, outfeed.close_op] if closable else (),
-        cancel_ops=cancel_ops,
-        outfeed_batch_steps=feed.OUTFEED_BATCH_STEPS if closable else 1,
-        session_holders=[infeed, outfeed])
-    device_system = hooks_lib.DeviceSystemHook(
-        device, close_ops=cancel_ops or (),
-        session_config=config.session_config)
-    # Order matters. The loop-size hook comes first, so that every later
-    # before_run sees this loop's size. At the end, the feeding hook drains
-    # and joins its threads, and raises any error they hit, before the
-    # checkpoint hook writes the final checkpoint (a failed run saves
-    # nothing more); the device system hook comes last, closing the queues
-    # for good and shutting the system down once nothing uses them.
-    checkpoints = CheckpointHook(
-        self.model_dir, scaffold, device_loop.global_step_after,
-        save_steps=config.save_checkpoints_steps,
-        save_secs=config.save_checkpoints_secs, infeed=infeed)
-    signal_stop = signals.SignalStop()
-    all_hooks = [
-        hooks_lib.LoopSizeHook(loop_state, config.iterations_per_loop,
-                               device_loop.iterations,
-                               device_loop.global_step_after,
-                               num_steps=steps, last_step=max_steps),
-        feeding,
-        hooks_lib.ThroughputHook(self._train_batch_size,
-                                 config.log_step_count_steps,
-                                 device_loop.global_step_after,
-                                 device_loop.last_loss, writer,
-                                 tags=reader.tags),
-        checkpoints,
-        signals.SignalStopHook(signal_stop),
-    ] + ([extra] if extra else []) + list(device_loop.spec.training_hooks) + (
-        user_hooks + [device_system])
-    session_config, loop_options, feeding_options = feed.session_pools(
-        config.session_config)
-    infeed.run_options = outfeed.run_options = feeding_options
-    tf.io.gfile.makedirs(self.model_dir)
-    creator = v1.train.ChiefSessionCreator(
-        scaffold=scaffold, checkpoint_dir=self.model_dir,
-        config=session_config)
-    try:
-      with signal_stop:
-        _run_loops(creator, all_hooks, device_loop.train_op, rendezvous,
-                   aborts=[feeding.abort] + ([extra.abort] if extra else []) +
-                   [checkpoints.abort, device_system.close],
-                   options=loop_options)
-    finally:
-      writer.close()  # Every event written, whatever ended the run.
-    signal_stop.raise_if_stopped(self.checkpoint_step(),
-                                 self.latest_checkpoint())
 
   def _replica_plan(self, global_batch, name):
     """How a mode's global batch goes over the configured replicas."""
@@ -397,61 +286,6 @@ class HookEstimator(object):
         local_init_op=local_init, summary_op=user.summary_op, saver=saver)
 
 
-def _run_loops(creator, hooks, fetch, rendezvous, aborts, options=None):
-  """Runs `fetch` once per loop in a MonitoredSession until a hook stops.
-
-  The end of input stops training cleanly (every hook's end() runs). Any
-  other error, here or in a controller thread, stops the controllers and
-  closes the queues first, then comes out with its original type and
-  message.
-  """
-  for _ in _loops(creator, hooks, fetch, rendezvous, aborts, options):
-    pass
-
-
-def _loops(creator, hooks, fetch, rendezvous, aborts, options=None):
-  """_run_loops as a generator of each loop's result. Closing it early
-  stops the controllers, closes the queues and the session (hooks' end()
-  does not run)."""
-  aborted = []
-
-  def abort():
-    if aborted:
-      return  # Once: a second time would run ops on a closed session.
-    aborted.append(True)
-    for stop in aborts:
-      try:
-        stop()
-      except Exception:  # pylint: disable=broad-except
-        log.exception('Error while stopping after a failure')
-
-  try:
-    session = v1.train.MonitoredSession(session_creator=creator, hooks=hooks)
-  except BaseException:
-    abort()
-    raise
-  try:
-    with session:
-      try:
-        while not session.should_stop():
-          yield session.run(fetch, options=options)
-      except GeneratorExit:
-        abort()
-        raise
-      except BaseException as error:
-        if (isinstance(error, tf.errors.OutOfRangeError) and
-            rendezvous.error is None):
-          raise  # End of input: MonitoredSession ends cleanly, end() runs.
-        rendezvous.record('training loop', nan.translate(error))
-        abort()
-        raise rendezvous.error
-  except BaseException:
-    # Also an error from a hook's end() as the session closed: whatever a
-    # later hook's end() would have stopped is stopped here.
-    abort()
-    raise
-
-
 _DONE = object()
 
 
@@ -462,8 +296,8 @@ def _predictions(run):
   the consumer holds a prediction. Closing the generator, or an error,
   closes the loops: threads stopped, queues and session closed.
   """
-  loops = _loops(run.session_creator, run.hooks, run.fetch, run.rendezvous,
-                 run.aborts, run.loop_options)
+  loops = runs.loops(run.session_creator, run.hooks, run.fetch,
+                     run.rendezvous, run.aborts, run.loop_options)
   try:
     while True:
       with run.graph.as_default():

@@ -139,7 +139,7 @@ class InferenceRun(object):
   """One evaluate() or predict() call in a graph and session of its own:
   the graph is built, and the arguments checked, at once.
 
-  Run `fetch` once per loop with `hooks` (estimator._run_loops), with
+  Run `fetch` once per loop with `hooks` (runs.run_loops), with
   `session_creator`, `rendezvous`, `aborts` and `loop_options` (the run
   options of the loop's thread pool); `graph` must be the default
   graph while doing so. Subclasses give the mode, the batch size, what each

@@ -1,0 +1,141 @@
+"""Training: one train() call as a run object, as evaluation.py and
+prediction.py have theirs. Building it builds the graph in a graph of its
+own (the device loop over the replicas, the feeds, the outfeed reader) and
+the hook list in its fixed order, checking everything that can be checked
+before anything is written to model_dir; `run()` runs the loops."""
+import tensorflow as tf
+
+from hookestimator import devices
+from hookestimator import event_writer
+from hookestimator import feed
+from hookestimator import hooks as hooks_lib
+from hookestimator import loop as loop_lib
+from hookestimator import model_dir as model_dir_lib
+from hookestimator import runs
+from hookestimator import signals
+from hookestimator.checkpoint import CheckpointHook
+from hookestimator.compat import v1
+from hookestimator.controller import ErrorRendezvous
+from hookestimator.host_call import OutfeedReader
+
+
+class Training(object):
+  """Trains `estimator` on input_fn's data for `steps` more steps or up to
+  `max_steps` (or until the input ends).
+
+  `add_on(device, loop_state, rendezvous, device_loop, infeed)`, when
+  given, builds more of the graph after the training loop and returns a
+  hook that runs with the training hooks (after the checkpoint hook), with
+  `init_ops` and an `abort()` (train_and_evaluate's evaluation rounds).
+  """
+
+  def __init__(self, estimator, input_fn, steps, max_steps, user_hooks,
+               add_on=None):
+    self._estimator = estimator
+    self.graph = tf.Graph()
+    with self.graph.as_default():
+      self._build(estimator, input_fn, steps, max_steps, user_hooks, add_on)
+
+  def _build(self, estimator, input_fn, steps, max_steps, user_hooks,
+             add_on):
+    config = estimator.config
+    model_dir = estimator.model_dir
+    model_dir_lib.check_writable(model_dir)
+    plan = estimator._replica_plan(estimator.train_batch_size,
+                                   'train_batch_size')
+    params = dict(estimator.params, batch_size=plan.replica_batch)
+    device = devices.Device(config.device)
+    found = device.check()  # Before anything is written to model_dir.
+    if device.kind == 'gpu':
+      plan.check_devices(found)
+    global_step = loop_lib.create_global_step(self.graph)
+    dataset = estimator._call_input_fn(
+        input_fn, dict(estimator.params, batch_size=plan.input_batch))
+    with tf.device(feed.HOST_DEVICE):
+      dataset = plan.replicate_input(dataset)
+    infeed, outfeed = feed.make_feeds(device.kind, dataset)
+    device_loop = loop_lib.DeviceLoop(
+        global_step, infeed, outfeed,
+        lambda features, labels, mode: estimator._call_model_fn(
+            features, labels, mode, params),
+        device, check_nan_loss=config.check_nan_loss,
+        replica_devices=plan.devices)
+    # Before anything is written to model_dir.
+    model_dir_lib.check_checkpoint_matches(estimator.latest_checkpoint(),
+                                           v1.global_variables())
+    # Opens its event file at the first summary: nothing is written to
+    # model_dir before the first step, and closing it ends its thread.
+    self._writer = event_writer.EventWriter(model_dir, self.graph)
+    reader = OutfeedReader(outfeed, device_loop.host_call, self._writer)
+    self._rendezvous = ErrorRendezvous()
+    loop_state = loop_lib.LoopState()
+    extra = (add_on(device, loop_state, self._rendezvous, device_loop,
+                    infeed) if add_on is not None else None)
+    # The replicas' copies of the variables are set from the real ones
+    # once those are restored or initialised.
+    scaffold = estimator._scaffold(
+        device_loop.spec, [infeed.initializer] + reader.init_ops +
+        (extra.init_ops if extra else []) + [device_loop.mirrored.sync_op()])
+    # Hardware feeds (TPU) have no close ops: an error closes the session.
+    closable = infeed.close_op is not None
+    cancel_ops = [infeed.close_op, outfeed.cancel_op] if closable else None
+    # Host queues are read in batches of steps; a hardware outfeed is read
+    # loop by loop, as the TPU program fills it.
+    feeding = hooks_lib.InfeedOutfeedHook(
+        loop_state, infeed, reader, self._rendezvous,
+        drain_ops=[infeed.close_op, outfeed.close_op] if closable else (),
+        cancel_ops=cancel_ops,
+        outfeed_batch_steps=feed.OUTFEED_BATCH_STEPS if closable else 1,
+        session_holders=[infeed, outfeed])
+    device_system = hooks_lib.DeviceSystemHook(
+        device, close_ops=cancel_ops or (),
+        session_config=config.session_config)
+    checkpoints = CheckpointHook(
+        model_dir, scaffold, device_loop.global_step_after,
+        save_steps=config.save_checkpoints_steps,
+        save_secs=config.save_checkpoints_secs, infeed=infeed)
+    self._signal_stop = signals.SignalStop()
+    # Order matters. The loop-size hook comes first, so that every later
+    # before_run sees this loop's size. At the end, the feeding hook drains
+    # and joins its threads, and raises any error they hit, before the
+    # checkpoint hook writes the final checkpoint (a failed run saves
+    # nothing more); the device system hook comes last, closing the queues
+    # for good and shutting the system down once nothing uses them.
+    self._hooks = [
+        hooks_lib.LoopSizeHook(loop_state, config.iterations_per_loop,
+                               device_loop.iterations,
+                               device_loop.global_step_after,
+                               num_steps=steps, last_step=max_steps),
+        feeding,
+        hooks_lib.ThroughputHook(estimator.train_batch_size,
+                                 config.log_step_count_steps,
+                                 device_loop.global_step_after,
+                                 device_loop.last_loss, self._writer,
+                                 tags=reader.tags),
+        checkpoints,
+        signals.SignalStopHook(self._signal_stop),
+    ] + ([extra] if extra else []) + list(device_loop.spec.training_hooks) + (
+        list(user_hooks) + [device_system])
+    self._aborts = [feeding.abort] + ([extra.abort] if extra else []) + [
+        checkpoints.abort, device_system.close]
+    session_config, self._loop_options, feeding_options = feed.session_pools(
+        config.session_config)
+    infeed.run_options = outfeed.run_options = feeding_options
+    self._fetch = device_loop.train_op
+    self._creator = v1.train.ChiefSessionCreator(
+        scaffold=scaffold, checkpoint_dir=model_dir, config=session_config)
+
+  def run(self):
+    """Runs the loops; raises TrainingInterrupted after a signal stopped
+    them (with the final checkpoint written)."""
+    estimator = self._estimator
+    tf.io.gfile.makedirs(estimator.model_dir)
+    try:
+      with self.graph.as_default(), self._signal_stop:
+        runs.run_loops(self._creator, self._hooks, self._fetch,
+                       self._rendezvous, aborts=self._aborts,
+                       options=self._loop_options)
+    finally:
+      self._writer.close()  # Every event written, whatever ended the run.
+    self._signal_stop.raise_if_stopped(estimator.checkpoint_step(),
+                                       estimator.latest_checkpoint())
