@@ -1,12 +1,16 @@
 """Data-parallel replicas on this machine's CPU devices: the same training
 as one replica at the same global batch, one copy of the variables in
 checkpoints, host_call, evaluation and prediction over every replica."""
+import signal
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import hookestimator as he
 from tests.conftest import framework_threads
+from tests.test_signals import SendSignal
+from tests.test_signals import recorded  # pylint: disable=unused-import
 
 v1 = tf.compat.v1
 FEATURES, CLASSES, EXAMPLES = 6, 3, 96
@@ -221,3 +225,16 @@ def test_resuming_replicas_continue_the_data_where_they_stopped(tmp_path):
   assert resumed.get_variable_value('global_step') == 23
   for name, value in _variables(straight).items():
     np.testing.assert_allclose(_variables(resumed)[name], value, atol=1e-6)
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_stops_replicas_at_the_loop_boundary_with_a_checkpoint(
+    tmp_path, recorded):
+  est = _estimator(tmp_path, 2, iterations_per_loop=4)
+  with pytest.raises(he.TrainingInterrupted) as info:
+    est.train(input_fn, steps=1000,
+              hooks=[SendSignal(signal.SIGTERM, on_run=3)])
+  assert info.value.step == 12
+  assert est.latest_checkpoint().endswith('model.ckpt-12')
+  assert recorded[0] == []
+  assert framework_threads() == []
