@@ -27,37 +27,27 @@ venv-tf215: .venv215/.installed
 venv-tf1: .venv37/.installed
 venv-py313: .venv313/.installed
 
+# $(call make-venv,PYTHON,VENV,REQUIREMENTS,PIP,WHAT): a venv of the line.
+define make-venv
+	@test -n "$(1)" || { echo "No $(5) found"; exit 1; }
+	$(1) -m venv $(2)
+	$(2)/bin/python -m pip install -q --upgrade '$(4)'
+	$(2)/bin/python -m pip install -q -r $(3)
+	$(2)/bin/python -m pip install -q --no-deps -e .
+	touch $(2)/.installed
+endef
+
 .venv/.installed: requirements-tf221.txt setup.py
-	@test -n "$(PYTHON312)" || { echo "No Python 3.12 found (pyenv 3.12.1 or python3.12)"; exit 1; }
-	$(PYTHON312) -m venv .venv
-	.venv/bin/python -m pip install -q --upgrade pip
-	.venv/bin/python -m pip install -q -r requirements-tf221.txt
-	.venv/bin/python -m pip install -q --no-deps -e .
-	touch $@
+	$(call make-venv,$(PYTHON312),.venv,requirements-tf221.txt,pip,Python 3.12 (pyenv 3.12.1 or python3.12))
 
 .venv215/.installed: requirements-tf215.txt setup.py
-	@test -n "$(PYTHON311)" || { echo "No Python 3.11 found (pyenv 3.11.7 or python3.11)"; exit 1; }
-	$(PYTHON311) -m venv .venv215
-	.venv215/bin/python -m pip install -q --upgrade pip
-	.venv215/bin/python -m pip install -q -r requirements-tf215.txt
-	.venv215/bin/python -m pip install -q --no-deps -e .
-	touch $@
+	$(call make-venv,$(PYTHON311),.venv215,requirements-tf215.txt,pip,Python 3.11 (pyenv 3.11.7 or python3.11))
 
 .venv37/.installed: requirements-tf1.txt setup.py
-	@test -n "$(PYTHON37)" || { echo "No Python 3.7 found (pyenv 3.7.16 or python3.7)"; exit 1; }
-	$(PYTHON37) -m venv .venv37
-	.venv37/bin/python -m pip install -q --upgrade 'pip<24.1'
-	.venv37/bin/python -m pip install -q -r requirements-tf1.txt
-	.venv37/bin/python -m pip install -q --no-deps -e .
-	touch $@
+	$(call make-venv,$(PYTHON37),.venv37,requirements-tf1.txt,pip<24.1,Python 3.7 (pyenv 3.7.16 or python3.7))
 
 .venv313/.installed: requirements-tf221.txt setup.py
-	@test -n "$(PYTHON313)" || { echo "No Python 3.13 found (pyenv 3.13.0 or python3.13)"; exit 1; }
-	$(PYTHON313) -m venv .venv313
-	.venv313/bin/python -m pip install -q --upgrade pip
-	.venv313/bin/python -m pip install -q -r requirements-tf221.txt
-	.venv313/bin/python -m pip install -q --no-deps -e .
-	touch $@
+	$(call make-venv,$(PYTHON313),.venv313,requirements-tf221.txt,pip,Python 3.13 (pyenv 3.13.0 or python3.13))
 
 train: venv
 	.venv/bin/hookestimator train --gin_file=$(GIN_FILE) --model_dir=$(MODEL_DIR)

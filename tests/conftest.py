@@ -119,6 +119,21 @@ class FailingHook(v1.train.SessionRunHook):
       raise HookFailure('hook failed after run %d' % self._runs)
 
 
+def scalar_events(model_dir):
+  """(tag, step, value) of every scalar written to the event files directly
+  under model_dir, every write kept."""
+  import glob
+  import os
+  for path in sorted(glob.glob(os.path.join(str(model_dir),
+                                            'events.out.tfevents*'))):
+    for event in v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.HasField('simple_value'):
+          yield value.tag, event.step, value.simple_value
+        elif value.HasField('tensor') and value.tensor.dtype != tf.string:
+          yield value.tag, event.step, float(tf.make_ndarray(value.tensor))
+
+
 def read_scalars(model_dir):
   """{tag: {step: value}} from every event file under model_dir (not sub-dirs).
 
@@ -126,25 +141,13 @@ def read_scalars(model_dir):
   one per call): a second one fails here, rather than silently replacing
   the first.
   """
-  import glob
-  import os
   scalars = {}
-  for path in sorted(glob.glob(os.path.join(str(model_dir),
-                                            'events.out.tfevents*'))):
-    for event in v1.train.summary_iterator(path):
-      for value in event.summary.value:
-        if value.HasField('simple_value'):
-          number = value.simple_value
-        elif value.HasField('tensor') and value.tensor.dtype != tf.string:
-          number = float(tf.make_ndarray(value.tensor))
-        else:
-          continue
-        steps = scalars.setdefault(value.tag, {})
-        if event.step in steps:
-          raise AssertionError(
-              '%r was written more than once at step %d under %s (%r, then '
-              '%r); expected exactly one value per step and tag' % (
-                  value.tag, event.step, model_dir, steps[event.step],
-                  number))
-        steps[event.step] = number
+  for tag, step, number in scalar_events(model_dir):
+    steps = scalars.setdefault(tag, {})
+    if step in steps:
+      raise AssertionError(
+          '%r was written more than once at step %d under %s (%r, then %r); '
+          'expected exactly one value per step and tag' % (
+              tag, step, model_dir, steps[step], number))
+    steps[step] = number
   return scalars

@@ -2,8 +2,6 @@
 axis), host_call fed the global step read inside model_fn, host_call tags
 that the framework's own must not collide with."""
 import collections
-import glob
-import os
 
 import numpy as np
 import pytest
@@ -12,6 +10,7 @@ import tensorflow as tf
 import hookestimator as he
 from hookestimator import compat
 from hookestimator import tpu
+from tests.conftest import scalar_events
 
 v1 = tf.compat.v1
 HEIGHT, WIDTH, CHANNELS, CLASSES = 4, 4, 2, 3
@@ -21,16 +20,8 @@ def events(model_dir):
   """{tag: [(step, value), ...]} of every scalar event in model_dir, every
   write kept (duplicates included)."""
   found = collections.defaultdict(list)
-  for path in glob.glob(os.path.join(str(model_dir), 'events.out.tfevents*')):
-    for event in v1.train.summary_iterator(path):
-      for value in event.summary.value:
-        if value.HasField('simple_value'):
-          number = value.simple_value
-        elif value.HasField('tensor') and value.tensor.dtype != tf.string:
-          number = float(tf.make_ndarray(value.tensor))
-        else:
-          continue
-        found[value.tag].append((event.step, number))
+  for tag, step, value in scalar_events(model_dir):
+    found[tag].append((step, value))
   return found
 
 
