@@ -91,15 +91,20 @@ def mlp_variables():
   return w1, b1, w2, b2
 
 
-def mlp_logits_loss_and_train_op(features, labels):
-  """The shared model: returns (logits, loss, train_op)."""
+def mlp_logits_loss_and_train_op(features, labels, wrap_optimizer=None):
+  """The shared model: returns (logits, loss, train_op). `wrap_optimizer`,
+  if given, wraps the SGD optimizer (the replica rows pass
+  CrossShardOptimizer)."""
   w1, b1, w2, b2 = mlp_variables()
   hidden = tf.nn.relu(tf.matmul(features, w1) + b1)
   logits = tf.matmul(hidden, w2) + b2
   loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
       labels=labels, logits=logits))
-  train_op = v1.train.GradientDescentOptimizer(LEARNING_RATE).minimize(
-      loss, global_step=v1.train.get_global_step())
+  optimizer = v1.train.GradientDescentOptimizer(LEARNING_RATE)
+  if wrap_optimizer is not None:
+    optimizer = wrap_optimizer(optimizer)
+  train_op = optimizer.minimize(loss,
+                                global_step=v1.train.get_global_step())
   return logits, loss, train_op
 
 

@@ -10,8 +10,9 @@ one JSON command per line on stdin, answering each with one JSON line:
 
     {"cmd": "warmup", "workloads": [...], "steps": {workload: n}}
     {"cmd": "measure", "workload": W, "base": B, "steps": S}
-        -> base_seconds, long_seconds, rate = S / (long - base), and the
-           global step against the steps trained
+        -> base_seconds, long_seconds, rate = S / (long - base), the
+           global step against the steps trained, and the trainable
+           parameters (replica systems; else null)
     {"cmd": "memory", "warmup": n, "steps": n}   (system hook100)
         -> the samples taken after every loop
     {"cmd": "quit"}
@@ -47,11 +48,24 @@ GPT2_BATCH_SIZE = 32
 GPT2_TINY = dict(seq_len=128, num_layers=2, d_model=128, num_heads=4,
                  learning_rate=3e-3, warmup_steps=100, decay_steps=2000,
                  clip_norm=1.0)
+# gpt2()'s own default for the one setting GPT2_TINY leaves to it; the
+# replica rows rebuild the train step and need it spelt out.
+GPT2_REPLICA_DEFAULTS = dict(final_lr_ratio=0.1)
 GPT2_LIMIT_BATCHES = 16
 # The input-bound pipeline: this many rounds of x <- tanh(x @ M) on each
 # [64, 64] batch, M a constant. (A map per example would cost tf.data ~20 us
 # per example, ~10x an mlp step per batch: too much to show overlap.)
 INPUT_ROUNDS = 18
+
+# The replica systems: name -> (replicas, whether gradients are summed across
+# them). All are hookestimator at iterations_per_loop REPLICA_LOOP with the
+# model's optimizer wrapped in CrossShardOptimizer (the identity with one
+# replica), at the workload's global batch. 'replicas2-nosum' is the
+# reference for the all-reduce's cost: the same two replicas, their
+# gradients not summed.
+REPLICA_LOOP = 100
+REPLICA_SYSTEMS = {'replicas1': (1, True), 'replicas2': (2, True),
+                   'replicas2-nosum': (2, False)}
 
 # name -> (label, loop size as shown, workloads it can serve): the systems
 # this TensorFlow line has. Estimator needs tensorflow-estimator (TF 2.15 and
@@ -64,6 +78,12 @@ SYSTEMS = {
                 ('mlp', 'gpt2-tiny', 'host_call', 'input-bound')),
     'hook1000': ('hookestimator', '1000', ('mlp',)),
     'input-alone': ('input alone', '-', ('input-bound',)),
+    'replicas1': ('hookestimator, 1 replica', str(REPLICA_LOOP),
+                  ('mlp', 'gpt2-tiny')),
+    'replicas2': ('hookestimator, 2 replicas', str(REPLICA_LOOP),
+                  ('mlp', 'gpt2-tiny')),
+    'replicas2-nosum': ('hookestimator, 2 replicas, gradients not summed',
+                        str(REPLICA_LOOP), ('mlp', 'gpt2-tiny')),
 }
 if common.HAS_ESTIMATOR:
   SYSTEMS['estimator'] = ('tf.estimator.Estimator', '-',
@@ -78,14 +98,19 @@ class Workload(object):
   """A model and its input: `step(features, labels)` returns the spec
   pieces (loss, train_op, host_call or None); `input_fn(params)` the
   training dataset; `batches()` numpy (features, labels) batches for the
-  limit."""
+  limit; `replica_step(sum_gradients)` (where the workload has replica
+  rows) a step like `step` whose optimizer is wrapped in
+  CrossShardOptimizer, or, without `sum_gradients`, one that sums no
+  gradients."""
 
-  def __init__(self, name, batch_size, step, input_fn, batches):
+  def __init__(self, name, batch_size, step, input_fn, batches,
+               replica_step=None):
     self.name = name
     self.batch_size = batch_size
     self.step = step
     self.input_fn = input_fn
     self.batches = batches
+    self.replica_step = replica_step
 
   def hook_model_fn(self, features, labels, mode):
     loss, train_op, host_call = self.step(features, labels)
@@ -101,6 +126,31 @@ class Workload(object):
 def mlp_step(features, labels):
   _, loss, train_op = common.mlp_logits_loss_and_train_op(features, labels)
   return loss, train_op, None
+
+
+def unread_cross_replica_sum():
+  """A cross-replica sum of a constant that nothing reads. hookestimator
+  refuses N > 1 replicas whose model makes no cross-replica sum (they would
+  train apart); this one satisfies that check, and as nothing reads it, the
+  session prunes it: the step runs no all-reduce at all."""
+  v1.tpu.cross_replica_sum(tf.constant(0.0))
+
+
+def summing_optimizer(sum_gradients):
+  """The optimizer wrapper of a replica step: CrossShardOptimizer, or none
+  (after an unread cross-replica sum) when gradients are not summed."""
+  if sum_gradients:
+    return v1.tpu.CrossShardOptimizer
+  unread_cross_replica_sum()
+  return lambda optimizer: optimizer
+
+
+def mlp_replica_step(sum_gradients):
+  def step(features, labels):
+    _, loss, train_op = common.mlp_logits_loss_and_train_op(
+        features, labels, summing_optimizer(sum_gradients))
+    return loss, train_op, None
+  return step
 
 
 def three_scalars(loss, accuracy, mean_logit):
@@ -151,6 +201,34 @@ def gpt2_workload():
     spec = model.model_fn(features, labels, compat.ModeKeys.TRAIN)
     return spec.loss, spec.train_op, None
 
+  def replica_step(sum_gradients):
+    """gpt2.make_model_fn's train step, rebuilt from the module's own
+    pieces with its Adam optimizer wrapped, as a TPU program wraps it: the
+    model_fn builds its optimizer inside, out of the bench's reach.
+    Gradients are clipped per replica before they are summed, as in a TPU
+    program that clips between compute_ and apply_gradients."""
+    config = dict(GPT2_REPLICA_DEFAULTS, **GPT2_TINY)
+
+    def train_step(features, labels):
+      # In the step, as each replica's sums must be made in its own build.
+      wrap = summing_optimizer(sum_gradients)
+      logits = gpt2.transformer_logits(
+          features, config['num_layers'], config['d_model'],
+          config['num_heads'], config['seq_len'])
+      loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+          labels=labels, logits=logits))
+      global_step = v1.train.get_global_step()
+      lr = gpt2.learning_rate_schedule(
+          global_step, config['learning_rate'], config['warmup_steps'],
+          config['decay_steps'], config['final_lr_ratio'])
+      optimizer = wrap(v1.train.AdamOptimizer(lr, beta2=0.99))
+      grads, variables = zip(*optimizer.compute_gradients(loss))
+      grads, _ = tf.clip_by_global_norm(grads, config['clip_norm'])
+      train_op = optimizer.apply_gradients(zip(grads, variables),
+                                           global_step=global_step)
+      return loss, train_op, None
+    return train_step
+
   def batches():
     """The first GPT2_LIMIT_BATCHES batches of the training input."""
     with tf.Graph().as_default():
@@ -160,12 +238,13 @@ def gpt2_workload():
         pairs = [session.run(next_batch) for _ in range(GPT2_LIMIT_BATCHES)]
     return (np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
   return Workload('gpt2-tiny', GPT2_BATCH_SIZE, step, model.train_input_fn,
-                  batches)
+                  batches, replica_step)
 
 
 def make_workload(name):
   if name == 'mlp':
-    return Workload(name, BATCH_SIZE, mlp_step, common.input_fn, mlp_batches)
+    return Workload(name, BATCH_SIZE, mlp_step, common.input_fn, mlp_batches,
+                    mlp_replica_step)
   if name == 'host_call':
     return Workload(name, BATCH_SIZE, mlp_host_call_step, common.input_fn,
                     mlp_batches)
@@ -199,16 +278,20 @@ class EstimatorRunner(object):
 
 
 class HookRunner(object):
-  """hookestimator.HookEstimator at one iterations_per_loop."""
+  """hookestimator.HookEstimator at one iterations_per_loop; `model_fn`
+  replaces the workload's own, and `num_replicas` replicas share the
+  workload's batch (the global batch)."""
 
-  def __init__(self, workload, model_dir, iterations_per_loop):
+  def __init__(self, workload, model_dir, iterations_per_loop,
+               model_fn=None, num_replicas=1):
     self._workload = workload
     config = he.RunConfig(model_dir=model_dir,
                           iterations_per_loop=iterations_per_loop,
                           save_checkpoints_steps=NEVER,
-                          log_step_count_steps=NEVER)
+                          log_step_count_steps=NEVER,
+                          num_replicas=num_replicas)
     self._estimator = he.HookEstimator(
-        workload.hook_model_fn, config=config,
+        model_fn or workload.hook_model_fn, config=config,
         train_batch_size=workload.batch_size)
 
   def train(self, steps, hooks=None):
@@ -252,6 +335,26 @@ class KerasRunner(object):
 
   def global_step(self):
     return int(self._model.optimizer.iterations.numpy())
+
+
+class ReplicaRunner(HookRunner):
+  """hookestimator with the replicas and gradient sums of `system`, one of
+  REPLICA_SYSTEMS, training the workload's replica step. `parameters`: the
+  model's trainable parameters, the size of each replica's gradients."""
+
+  def __init__(self, system, workload, model_dir):
+    count, sum_gradients = REPLICA_SYSTEMS[system]
+    step = workload.replica_step(sum_gradients)
+    self.parameters = None
+
+    def model_fn(features, labels, mode):
+      loss, train_op, _ = step(features, labels)
+      # The replica's own variables: each replica sees only its own here.
+      self.parameters = sum(v.shape.num_elements()
+                            for v in v1.trainable_variables())
+      return he.HookEstimatorSpec(mode=mode, loss=loss, train_op=train_op)
+    HookRunner.__init__(self, workload, model_dir, REPLICA_LOOP,
+                        model_fn=model_fn, num_replicas=count)
 
 
 def _in_loop_scope():
@@ -341,6 +444,8 @@ def make_runner(system, workload, model_dir):
     return KerasRunner(workload, model_dir, int(system[len('keras'):]))
   if system.startswith('hook'):
     return HookRunner(workload, model_dir, int(system[len('hook'):]))
+  if system in REPLICA_SYSTEMS:
+    return ReplicaRunner(system, workload, model_dir)
   if system == 'input-alone':
     return InputAloneRunner(workload, model_dir)
   raise ValueError('unknown system %r' % system)
@@ -414,7 +519,9 @@ class Child(object):
       return {'base_seconds': base_seconds, 'long_seconds': long_seconds,
               'rate': rate if rate == rate else None,
               'global_step': self.runners[workload].global_step(),
-              'trained': self.trained[workload]}
+              'trained': self.trained[workload],
+              'parameters': getattr(self.runners[workload], 'parameters',
+                                    None)}
     if cmd == 'memory' and self.system == 'hook100':
       return memory_run(os.path.join(self.root, 'memory'), command['warmup'],
                         command['steps'])

@@ -5,6 +5,7 @@ Run from the repository root:
     python -m bench.peers                      # full run, about 10 minutes
     python -m bench.peers --quick              # smoke run, every row, ~2 min
     python -m bench.peers --workloads mlp,host_call --repeats 5
+    python -m bench.peers --workloads replicas    # the replica rows alone
 
 What is compared
   Every system trains the same model on the same data with the same batch
@@ -45,6 +46,19 @@ What is compared
     limit). A framework
     that overlaps feeding with compute reaches min(input alone, compute
     alone); one that alternates them gets about 1 / (1/input + 1/compute).
+  - replicas: the mlp and gpt2-tiny with RunConfig(num_replicas=N), N = 1
+    and 2, on N CPU devices of this machine, at the workloads' own (global)
+    batch: each replica trains on half of it at N = 2. hookestimator at
+    ipl 100, the model's optimizer wrapped in CrossShardOptimizer (the
+    identity at N = 1; gpt2-tiny's train step rebuilt from
+    hookestimator.models.gpt2 to wrap it). The all-reduce's share of step
+    time: a third run of the same 2 replicas whose gradients are not
+    summed (plain optimizer; a cross-replica sum of a constant that nothing
+    reads satisfies the framework's check and is pruned), measured right
+    after the summed run: share = 1 - rate summed / rate not summed, i.e.
+    the extra time per step over the summed run's step time. It counts
+    the sum (add_n on replica 0's device), the copies of the result to
+    each replica and the wait for the slower replica at the sum.
   - memory: hookestimator ipl 100 with the 3-scalar host_call (in the
     ipl-100 child, after all throughput measurements): one warm-up train()
     call, then one call of --memory-steps steps sampling VmRSS, the OS
@@ -95,10 +109,13 @@ import tensorflow as tf  # noqa: E402
 
 from bench import peers_report  # noqa: E402
 from bench.common import describe_machine, require_positive  # noqa: E402
-from bench.peer_systems import SYSTEMS  # noqa: E402
+from bench.peer_systems import REPLICA_SYSTEMS, SYSTEMS  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKLOADS = ('mlp', 'gpt2-tiny', 'host_call', 'input-bound', 'memory')
+WORKLOADS = ('mlp', 'gpt2-tiny', 'replicas', 'host_call', 'input-bound',
+             'memory')
+# The workloads with replica rows (--workloads replicas).
+REPLICA_WORKLOADS = ('mlp', 'gpt2-tiny')
 
 # (warm-up, base B, timed S) steps per measured workload: (full, --quick).
 # In a full run a system's B is at least its loop size, so loops are full.
@@ -142,7 +159,12 @@ def measured_pairs(workloads):
           pairs.append(pair)
   order = {w: i for i, w in enumerate(('mlp', 'host_call', 'input-bound',
                                        'gpt2-tiny'))}
-  return sorted(pairs, key=lambda pair: order[pair[0]])
+  pairs = sorted(pairs, key=lambda pair: order[pair[0]])
+  # Last, each workload's replica systems side by side: the summed and the
+  # unsummed runs, measured one after the other, see the same machine.
+  if 'replicas' in workloads:
+    pairs += [(w, s) for w in REPLICA_WORKLOADS for s in REPLICA_SYSTEMS]
+  return pairs
 
 
 class Child(object):

@@ -7,7 +7,8 @@ import os
 import tensorflow as tf
 
 from bench.common import HAS_ESTIMATOR, fmt, median, no_estimator_note
-from bench.peer_systems import GPT2_BATCH_SIZE, INPUT_ROUNDS, SYSTEMS
+from bench.peer_systems import (GPT2_BATCH_SIZE, INPUT_ROUNDS,
+                                 REPLICA_SYSTEMS, SYSTEMS)
 
 BATCH_SIZES = {'mlp': 64, 'host_call': 64, 'input-bound': 64,
                'gpt2-tiny': GPT2_BATCH_SIZE}
@@ -35,6 +36,9 @@ def loop_size(system):
 
 def row_name(system):
   size = loop_size(system)
+  if system in REPLICA_SYSTEMS:  # 'hookestimator ipl 100, 2 replicas'
+    return 'hookestimator ipl %s, %s' % (size,
+                                         label(system).split(', ', 1)[1])
   if system.startswith('keras'):
     return '%s spe %s' % (label(system), size)
   if system.startswith('hook'):
@@ -73,9 +77,12 @@ class Results(object):
     self.warmup_seconds = {}
     self.memory = None
     self.warnings = []
+    self.parameters = {}
 
   def add(self, workload, system, answer):
     rate = answer['rate']
+    if answer.get('parameters'):
+      self.parameters[workload] = answer['parameters']
     self.rates.setdefault((workload, system), []).append(
         float('nan') if rate is None else rate)
     if answer['global_step'] != answer['trained']:
@@ -91,7 +98,17 @@ class Results(object):
     return median(self.rates[workload, system])
 
   def systems(self, workload):
-    return [s for w, s in self.pairs if w == workload]
+    """The workload's systems in its own table (the replica systems have
+    theirs)."""
+    return [s for w, s in self.pairs
+            if w == workload and s not in REPLICA_SYSTEMS]
+
+  def replica_workloads(self):
+    workloads = []
+    for workload, system in self.pairs:
+      if system in REPLICA_SYSTEMS and workload not in workloads:
+        workloads.append(workload)
+    return workloads
 
   # ---------------------------------------------------------------- tables
   def throughput_table(self, workload):
@@ -173,6 +190,67 @@ class Results(object):
                    'examples/sec', 'ratio to min(input alone, compute '
                    'alone)'], rows) + ['', note + '.', ''])
 
+  def replica_ratio(self, workload):
+    """examples/sec at N = 2 / at N = 1 (the same global batch); None if
+    not measured."""
+    return ratio(self.rate(workload, 'replicas2'),
+                 self.rate(workload, 'replicas1'))
+
+  def all_reduce_share(self, workload):
+    """The all-reduce's share of the N = 2 step time: 1 - rate summed /
+    rate not summed (the extra time per step over the summed step's
+    time), the median over repeats of each repeat's pair (measured one
+    after the other, so a drift of the shared machine hits both alike);
+    None if not measured."""
+    summed = self.rates.get((workload, 'replicas2'))
+    not_summed = self.rates.get((workload, 'replicas2-nosum'))
+    if not summed or not not_summed:
+      return None
+    return median([1.0 - ratio(a, b) for a, b in zip(summed, not_summed)])
+
+  def replicas_table(self):
+    rows = []
+    for workload in self.replica_workloads():
+      batch = BATCH_SIZES[workload]
+      parameters = self.parameters.get(workload)
+      for system in REPLICA_SYSTEMS:
+        count, summed = REPLICA_SYSTEMS[system]
+        rate = self.rate(workload, system)
+        share = '-'
+        if count > 1 and summed:
+          share = fmt(self.all_reduce_share(workload) * 100, '%.1f%%')
+        rows.append([
+            workload, '%d%s' % (count, '' if summed else
+                                ', gradients not summed'),
+            '%d (%d)' % (batch, batch // count), fmt(rate, '%.1f'),
+            fmt(rate * batch, '%.0f'),
+            fmt(ratio(rate, self.rate(workload, 'replicas1')), '%.2fx'),
+            share,
+            '-' if count == 1 or not summed or not parameters else
+            '%.2f' % (4.0 * parameters / 1e6)])
+    sizes = ', '.join('%s %s' % (w, '{:,}'.format(self.parameters[w]))
+                      for w in self.replica_workloads()
+                      if w in self.parameters)
+    return (['### replicas', ''] +
+            table(['workload', 'replicas', 'global batch (per replica)',
+                   'steps/sec', 'examples/sec', 'ratio to 1 replica',
+                   'all-reduce share of step time',
+                   'gradient MB summed per replica per step'], rows,
+                  text_columns=2) +
+            ['', 'hookestimator ipl %s, RunConfig(num_replicas=N) on N CPU '
+             'devices of this machine, the optimizer wrapped in '
+             'CrossShardOptimizer (the identity at 1 replica). '
+             'All-reduce share = 1 - rate summed / rate not summed: the '
+             'same 2 replicas whose gradients are not summed (plain '
+             'optimizer; an unread cross-replica sum of a constant '
+             'satisfies the framework\'s check and is pruned), measured '
+             'right after the summed run; the median over repeats of each '
+             'pair\'s share. It counts the add_n, the copies of the sum to '
+             'each replica and the wait for the slower replica; a share '
+             'below 0 is within the machine\'s noise. Trainable parameters '
+             '(float32): %s.' % (loop_size('replicas2'),
+                                 sizes or 'not reported'), ''])
+
   def memory_growth(self):
     """{quantity: (first 10% mean, last 10% mean, growth)}."""
     samples = self.memory['samples']
@@ -238,6 +316,9 @@ class Results(object):
              'mlp', 'hook1', 'estimator', 0.9)
     versus('gpt2-tiny: hookestimator ipl 100 >= 0.97x the limit',
            'gpt2-tiny', 'hook100', 'limit', 0.97)
+    for workload in ('mlp', 'gpt2-tiny'):
+      versus('replicas: %s N=2 examples/sec >= 0.9x N=1 at the same global '
+             'batch' % workload, workload, 'replicas2', 'replicas1', 0.9)
     add('host_call: cost <= 15%', self.host_call_cost(),
         lambda cost: cost <= 0.15, '%.1f%%', 100.0)
     add('input-bound: hookestimator ipl 100 >= 0.85x min(input alone, '
@@ -268,6 +349,8 @@ class Results(object):
     for workload in ('mlp', 'gpt2-tiny'):
       if workload in self.args.workloads:
         lines += self.throughput_table(workload)
+    if 'replicas' in self.args.workloads:
+      lines += self.replicas_table()
     if 'host_call' in self.args.workloads:
       lines += self.host_call_table()
     if 'input-bound' in self.args.workloads:
@@ -308,6 +391,15 @@ def plot(results, path):
         axis.plot([x for x, _ in points], [y for _, y in points], style,
                   label=name)
         values += [y for _, y in points]
+    # The replica rows at their loop size: same global batch, so their
+    # steps/sec compare with the others'.
+    for system, style, name in (
+        ('replicas1', 'D', 'hookestimator, 1 replica (CrossShardOptimizer)'),
+        ('replicas2', '^', 'hookestimator, 2 replicas')):
+      if rate(system):
+        axis.plot([int(loop_size(system))], [rate(system)], style,
+                  label=name)
+        values.append(rate(system))
     for system, style, color, name in (
         ('limit', ':', 'C2', 'the limit (bare while_loop)'),
         ('estimator', '-.', 'C3', 'tf.estimator.Estimator')):

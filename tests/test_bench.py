@@ -69,6 +69,23 @@ def test_peers_quick(tmp_path):
       [limit] + estimator + [('hookestimator', '1'), ('hookestimator', '10'),
                              ('hookestimator', '100')])
   assert 'Note: No Keras rows' in out
+  # The replica rows: N = 1 and 2 at the same global batch, and the
+  # unsummed reference that the all-reduce's share is measured against.
+  replicas = _rows(out, 'replicas')
+  assert [(row[0], row[1], row[2]) for row in replicas] == [
+      (workload, count, '%d (%d)' % (batch, per_replica))
+      for workload, batch in (('mlp', 64), ('gpt2-tiny', 32))
+      for count, per_replica in (('1', batch), ('2', batch // 2),
+                                 ('2, gradients not summed', batch // 2))]
+  header = _header(out, 'replicas')
+  assert header[5:7] == ['ratio to 1 replica',
+                         'all-reduce share of step time']
+  for row in replicas:
+    assert len(row) == len(header) and all(row), row
+    # Only the summed N = 2 row has a share and gradient bytes.
+    assert (row[6] == '-') == (row[1] != '2'), row
+    assert (row[7] == '-') == (row[1] != '2'), row
+  assert 'Trainable parameters (float32): mlp 19,210, gpt2-tiny ' in out
   assert len(_rows(out, 'host_call')) == 2
   assert 'host_call cost:' in out
   assert [row[0] for row in _rows(out, 'input-bound')] == [
@@ -99,6 +116,9 @@ def test_peers_quick(tmp_path):
         'mlp: hookestimator ipl 1 >= 0.9x tf.estimator.Estimator']
   expected_targets += [
       'gpt2-tiny: hookestimator ipl 100 >= 0.97x the limit',
+      'replicas: mlp N=2 examples/sec >= 0.9x N=1 at the same global batch',
+      'replicas: gpt2-tiny N=2 examples/sec >= 0.9x N=1 at the same global '
+      'batch',
       'host_call: cost <= 15%',
       'input-bound: hookestimator ipl 100 >= 0.85x min(input alone, '
       'compute alone)',
@@ -115,6 +135,7 @@ def test_peers_quick(tmp_path):
   text = markdown.read_text()
   assert text.startswith('TensorFlow %s' % tf.__version__)
   assert '### targets' in text and '### gpt2-tiny' in text
+  assert '### replicas' in text
   assert (NO_ESTIMATOR_NOTE in text) == (not HAS_ESTIMATOR)
   assert figure.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
@@ -168,3 +189,11 @@ def test_child_that_does_not_answer_in_time_is_killed(tmp_path):
     child.close()
   assert "system 'limit': no answer to start-up within 0.2 s" in str(
       error.value)
+
+
+def test_replica_rows_alone():
+  """--workloads replicas measures the replica systems and nothing else."""
+  from bench import peers  # pylint: disable=g-import-not-at-top
+  assert peers.measured_pairs(['replicas']) == [
+      (workload, system) for workload in ('mlp', 'gpt2-tiny')
+      for system in ('replicas1', 'replicas2', 'replicas2-nosum')]
