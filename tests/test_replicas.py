@@ -238,3 +238,14 @@ def test_sigterm_stops_replicas_at_the_loop_boundary_with_a_checkpoint(
   assert est.latest_checkpoint().endswith('model.ckpt-12')
   assert recorded[0] == []
   assert framework_threads() == []
+
+
+def test_train_and_evaluate_with_replicas_reads_the_trained_variables(
+    tmp_path):
+  est = _estimator(tmp_path, 2)
+  rounds = est.train_and_evaluate(input_fn, _eval_input_fn(24), max_steps=20,
+                                  eval_every_steps=10)
+  assert [r['global_step'] for r in rounds] == [10, 20]
+  assert rounds[-1] == pytest.approx(
+      _estimator(tmp_path, 1, name='n2').evaluate(_eval_input_fn(24)),
+      rel=1e-5)
