@@ -2,7 +2,8 @@
 train_and_evaluate() and export_saved_model() call, and the command, ends
 every thread it started and closes every event writer it opened, whether
 it succeeded, failed or was stopped by a signal; its session goes as soon
-as it returns; repeated calls keep no graph alive."""
+as it returns; repeated calls keep no graph alive. (The thread pools every
+session shares: tests/test_thread_pools.py.)"""
 import gc
 import glob
 import os
@@ -16,13 +17,12 @@ import tensorflow as tf
 
 import hookestimator as he
 from hookestimator import event_writer
-from hookestimator import feed
 from hookestimator import main as main_lib
+from hookestimator import signals
 from tests import inference_models as models
 from tests.conftest import (FailingHook, HookFailure, framework_threads,
                             input_fn, read_scalars)
 from tests.test_signals import SendSignal
-from tests.test_signals import recorded  # noqa: F401  pylint: disable=unused-import
 
 v1 = tf.compat.v1
 
@@ -120,14 +120,27 @@ def test_a_failed_training_has_written_its_events_when_it_returns(
   assert sorted(read_scalars(est.model_dir)['examples/sec']) == [4, 8]
 
 
+@pytest.fixture
+def uncaught_signals():
+  """Stop signals that train() did not catch, recorded rather than ending
+  the test run."""
+  received = []
+  previous = {number: signal.signal(number, lambda n, _: received.append(n))
+              for number in signals.STOP_SIGNALS}
+  yield received
+  for number, handler in previous.items():
+    signal.signal(number, handler)
+
+
 @pytest.mark.timeout(60)
 def test_a_signal_stopped_training_leaves_no_thread_and_complete_events(
-    make_estimator, recorded):  # noqa: F811  pylint: disable=redefined-outer-name
+    make_estimator, uncaught_signals):
   est = make_estimator(iterations_per_loop=4, log_step_count_steps=1)
   before = _threads()
   with pytest.raises(he.TrainingInterrupted):
     est.train(input_fn, steps=1000,
               hooks=[SendSignal(signal.SIGTERM, on_run=3)])
+  assert uncaught_signals == []
   assert _left_behind(before) == []
   scalars = read_scalars(est.model_dir)
   assert sorted(scalars['loss']) == list(range(12))
@@ -236,43 +249,6 @@ def test_repeated_calls_keep_no_graph_alive(tmp_path):
     est.evaluate(_eval_input_fn)
     list(est.predict(_predict_input_fn))
   assert _graphs() == before
-
-
-def _os_threads():
-  return len(os.listdir('/proc/self/task'))
-
-
-def _threads_a_second_session_adds(config=None, options=()):
-  """How many OS threads a second open session adds, once each has run
-  something with each of `options`."""
-  counts = []
-  with tf.Graph().as_default():
-    total = tf.constant(1) + 1
-    sessions = []
-    try:
-      for _ in range(2):
-        sessions.append(v1.Session(config=config))
-        for run_options in (None,) + tuple(options):
-          sessions[-1].run(total, options=run_options)
-        counts.append(_os_threads())
-    finally:
-      for session in sessions:
-        session.close()
-  return counts[1] - counts[0]
-
-
-@pytest.mark.skipif(not os.path.isdir('/proc/self/task'),
-                    reason='counts OS threads through /proc (Linux)')
-def test_the_loop_and_feeding_pools_are_shared_by_every_session():
-  """A pool per session would start and end its threads with every run;
-  each new thread grows the process's memory."""
-  config, loop_options, feeding_options = feed.session_pools(None)
-  plain = _threads_a_second_session_adds()
-  pooled = _threads_a_second_session_adds(config,
-                                          [loop_options, feeding_options])
-  assert pooled <= plain
-  names = [p.global_name for p in config.session_inter_op_thread_pool]
-  assert all(name.startswith(feed.SHARED_POOL_PREFIX) for name in names)
 
 
 @pytest.fixture
