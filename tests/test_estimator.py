@@ -258,16 +258,38 @@ def test_latest_checkpoint_none_and_variables_need_a_checkpoint(
 
 
 def test_dict_features_and_labels(make_estimator):
+  # Same-shaped components in each dict: each must reach model_fn under
+  # its own key, which the sums host_call sends back per step show.
   def dict_input_fn(params):
     return dataset_of(64, params['batch_size']).map(
-        lambda x, y: ({'left': x[:, :2], 'right': x[:, 2:]}, {'class': y}))
+        lambda x, y: ({'left': x[:, :2], 'right': x[:, 2:]},
+                      {'class': y, 'flipped': 1 - y}))
 
   def model_fn(features, labels, mode, params):
     joined = tf.concat([features['left'], features['right']], axis=1)
-    return linear_model_fn(joined, labels['class'], mode, params)
+    spec = linear_model_fn(joined, labels['class'], mode, params)
+    sums = [tf.reshape(tf.reduce_sum(tf.cast(t, tf.float32)), [1]) for t in (
+        features['left'], features['right'], labels['class'],
+        labels['flipped'])]
+    return spec._replace(host_call=(
+        lambda left, right, label, flipped: {
+            'sum/left': left[0], 'sum/right': right[0],
+            'sum/class': label[0], 'sum/flipped': flipped[0]}, sums))
   est = make_estimator(model_fn=model_fn, iterations_per_loop=3)
-  est.train(dict_input_fn, steps=5)
-  assert est.get_variable_value('global_step') == 5
+  est.train(dict_input_fn, steps=10)
+  assert est.get_variable_value('global_step') == 10
+  rng = np.random.RandomState(0)  # dataset_of's examples, 8 batches of 8
+  x = rng.randn(64, 4).astype(np.float32).reshape(8, 8, 4)
+  y = (x.sum(axis=2) > 0).astype(np.float32)
+  expected = {'sum/left': x[:, :, :2].sum(axis=(1, 2)),
+              'sum/right': x[:, :, 2:].sum(axis=(1, 2)),
+              'sum/class': y.sum(axis=1), 'sum/flipped': (1 - y).sum(axis=1)}
+  scalars = read_scalars(est.model_dir)
+  for tag, batch_sums in expected.items():
+    assert sorted(scalars[tag]) == list(range(10))
+    for step, value in scalars[tag].items():
+      assert value == pytest.approx(batch_sums[step % 8], abs=1e-4), (
+          tag, step)
 
 
 def test_a_dynamic_shape_names_the_dict_component(make_estimator):

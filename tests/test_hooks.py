@@ -673,11 +673,21 @@ def test_device_system_hook_begin_fails_plainly_without_a_gpu():
   assert '/physical_device:CPU:0' in str(raised.value)
 
 
-def test_device_system_hook_begin_passes_with_the_device_present():
-  device = devices.Device('gpu', list_devices=_list_devices(
-      CPU=['/physical_device:CPU:0'], GPU=['/physical_device:GPU:0']))
-  hooks_lib.DeviceSystemHook(device).begin()
-  assert device.check() == ['/physical_device:GPU:0']
+def test_device_system_hook_begin_passes_with_the_device_present(caplog):
+  asked = []
+  found = _list_devices(CPU=['/physical_device:CPU:0'],
+                        GPU=['/physical_device:GPU:0'])
+
+  def list_devices(kind):
+    asked.append(kind)
+    return found(kind)
+  device = devices.Device('gpu', list_devices=list_devices)
+  with caplog.at_level(logging.INFO, logger='hookestimator.devices'):
+    hooks_lib.DeviceSystemHook(device).begin()
+  # begin() itself looked for the device, and said what it found.
+  assert asked == ['GPU']
+  assert ('Running on gpu; GPU devices found: /physical_device:GPU:0' in
+          caplog.text)
 
 
 def test_tpu_device_builds_its_system_ops_in_a_graph_of_its_own():

@@ -1,10 +1,12 @@
 """The `hookestimator` command, end to end on tiny runs."""
 import glob
 import os
+import shutil
 import subprocess
 import sys
 
 import gin
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -78,15 +80,31 @@ def test_gin_params_override_the_files(tmp_path):
     assert 'HookEstimator.train_batch_size = 8' in f.read()
 
 
+def _event_files(model_dir):
+  return set(glob.glob(os.path.join(str(model_dir), 'events.out.tfevents*')))
+
+
 def test_second_run_resumes_and_keeps_the_first_runs_config(tmp_path):
-  assert run_main(tmp_path, *TINY) == 0
-  assert run_main(tmp_path, *(TINY + ['--gin_param=TRAIN_STEPS = 100'])) == 0
-  assert checkpoint_step(tmp_path) == 100
-  assert os.path.exists(str(tmp_path / 'operative_config-0.gin'))
-  with open(str(tmp_path / 'operative_config-60.gin')) as f:
+  model_dir = tmp_path / 'model'
+  assert run_main(model_dir, *TINY) == 0
+  first_run_files = _event_files(model_dir)
+  assert run_main(model_dir, *(TINY + ['--gin_param=TRAIN_STEPS = 100'])) == 0
+  assert checkpoint_step(model_dir) == 100
+  assert os.path.exists(str(model_dir / 'operative_config-0.gin'))
+  with open(str(model_dir / 'operative_config-60.gin')) as f:
     assert 'TRAIN_STEPS = 100' in f.read()
-  # The resumed run trained steps 60..99 only.
-  assert sorted(read_scalars(tmp_path)['loss']) == list(range(100))
+  loss = read_scalars(model_dir)['loss']
+  assert sorted(loss) == list(range(100))
+  # The second run restored the checkpoint: its own event files hold steps
+  # 60..99 only, and it went on from the first run's weights (a model
+  # trained from scratch starts near the first run's first loss).
+  (tmp_path / 'second').mkdir()
+  for path in _event_files(model_dir) - first_run_files:
+    shutil.copy(path, str(tmp_path / 'second'))
+  assert sorted(read_scalars(tmp_path / 'second')['loss']) == list(
+      range(60, 100))
+  assert np.mean([loss[s] for s in range(60, 65)]) < 0.5 * np.mean(
+      [loss[s] for s in range(5)])
 
 
 def test_run_already_at_its_steps_trains_nothing(tmp_path):

@@ -108,12 +108,24 @@ def _estimator(tmp_path, **kwargs):
   return tpu.TPUEstimator(model_fn=_linear, config=config, **kwargs)
 
 
-def test_params_batch_sizes_and_the_logged_device(tmp_path, caplog):
+# Where use_tpu runs without a TPU: this machine's GPU if it has one.
+OFF_TPU_DEVICE = 'gpu' if compat.physical_devices('GPU') else 'cpu'
+
+
+def _without_a_tpu(monkeypatch):
+  real = compat.physical_devices
+  monkeypatch.setattr(compat, 'physical_devices', lambda kind: (
+      [] if kind == 'TPU' else real(kind)))
+
+
+def test_params_batch_sizes_and_the_logged_device(tmp_path, caplog,
+                                                  monkeypatch):
+  _without_a_tpu(monkeypatch)
   with caplog.at_level(logging.INFO, logger='hookestimator.tpu'):
     est = _estimator(tmp_path, params={'learning_rate': 0.1},
                      eval_batch_size=4, predict_batch_size=2)
   assert [r.getMessage() for r in caplog.records] == [
-      'TPUEstimator(use_tpu=True) runs on cpu']
+      'TPUEstimator(use_tpu=True) runs on %s' % OFF_TPU_DEVICE]
   assert est.config.tpu_config.iterations_per_loop == 3
   est.train(models.train_input_fn, max_steps=3)
   est.evaluate(lambda params: models.dataset(6, params['batch_size']))
@@ -144,14 +156,15 @@ def _with_a_tpu(monkeypatch):
 def test_several_tpu_cores_are_refused_on_a_tpu(tmp_path, monkeypatch):
   config = tpu.RunConfig(model_dir=str(tmp_path),
                          tpu_config=tpu.TPUConfig(10, num_shards=8))
-  # No TPU here: num_shards means nothing, as with TPUEstimator on CPU.
+  _without_a_tpu(monkeypatch)
+  # No TPU here: the loop runs on this machine's GPU or CPU.
   assert tpu.TPUEstimator(_linear, config=config,
-                          train_batch_size=8).config.device == 'cpu'
+                          train_batch_size=8).config.device == OFF_TPU_DEVICE
   _with_a_tpu(monkeypatch)
   with pytest.raises(ValueError, match='num_shards=8 cannot be honoured'):
     tpu.TPUEstimator(_linear, config=config, train_batch_size=8)
   assert tpu.TPUEstimator(_linear, config=config, train_batch_size=8,
-                          use_tpu=False).config.device == 'cpu'
+                          use_tpu=False).config.device == OFF_TPU_DEVICE
 
 
 def test_eval_on_tpu_false_evaluates_off_the_tpu(tmp_path, monkeypatch):
