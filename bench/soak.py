@@ -5,6 +5,7 @@ Run from the repository root:
 
     python -m bench.soak                 # 50,000 steps in one train() call
     python -m bench.soak --calls 10      # the same steps over 10 train() calls
+    python -m bench.soak --calls 200 --steps 20000   # many short calls
     python -m bench.soak --check         # exit 1 unless flat
 
 A small MLP (16-64-2) trains at iterations_per_loop 100 with a host_call
@@ -16,6 +17,16 @@ judged after a warm-up (the first --warmup-steps steps: TensorFlow's
 allocators, caches and thread pools fill up); flat means it grew by less
 than --max-growth-mb from the end of the warm-up to the end, and the
 thread counts after the warm-up never changed.
+
+Over several calls, the process is also sampled after every call returns:
+no thread may outlive a call (the Python threads are back to the count
+before the first call), the OS threads after the warm-up stay within one
+of each other (a thread joined as the call returned may still be leaving),
+and the resident memory after the calls must not trend up: the
+least-squares line through the calls after the warm-up grows by less than
+--max-growth-mb over them. (A line, not the last sample less the first:
+each call leaves its graph to Python's garbage collector, which frees it
+some calls later, so memory between calls rises and falls by some MB.)
 """
 from __future__ import absolute_import, division, print_function
 
@@ -114,6 +125,7 @@ def run(args):
   sys.stdout.flush()
   model_dir = tempfile.mkdtemp(prefix='soak_')
   samples = []
+  after_calls = []
   start = time.monotonic()
   try:
     config = he.RunConfig(model_dir=model_dir,
@@ -128,13 +140,18 @@ def run(args):
       est.train(input_fn, steps=per_call,
                 hooks=[Sampler(args.sample_steps, args.save_steps // 2,
                                samples, start)])
+      if args.calls > 1:
+        after_calls.append(sample(est.checkpoint_step(), start))
     final = sample(int(est.get_variable_value('global_step')), start)
     final['step'] = '%d (after train)' % final['step']
     samples.append(final)
   finally:
     v1.summary.FileWriterCache.clear()
     shutil.rmtree(model_dir, ignore_errors=True)
-  return report(samples, args)
+  flat = report(samples, args)
+  if after_calls:
+    flat = report_calls(samples[0], after_calls, args) and flat
+  return flat
 
 
 def report(samples, args):
@@ -164,6 +181,50 @@ def report(samples, args):
           len(python_threads) == 1)
   print('FLAT' if flat else 'NOT FLAT')
   return flat
+
+
+def report_calls(before, after_calls, args):
+  """Judges the samples taken as each call returned; returns whether flat."""
+  print()
+  stride = _stride(after_calls)
+  print('After each call%s:' % (' (every %dth shown)' % stride
+                                if stride > 1 else ''))
+  print()
+  print('| call | step | RSS, MB | OS threads | Python threads |')
+  print('|---:|---:|---:|---:|---:|')
+  shown = list(range(0, len(after_calls), stride))
+  if shown[-1] != len(after_calls) - 1:
+    shown.append(len(after_calls) - 1)
+  for index in shown:
+    s = after_calls[index]
+    print('| %d | %d | %.1f | %d | %d |' % (
+        index + 1, s['step'], s['rss_mb'], s['os_threads'],
+        s['python_threads']))
+  during = [s for s in after_calls if s['step'] >= args.warmup_steps]
+  if len(during) < 3:
+    print('\nToo few calls after the warm-up to judge.')
+    return False
+  calls = np.arange(len(during))
+  per_call = np.polyfit(calls, [s['rss_mb'] for s in during], 1)[0]
+  trend = per_call * (len(during) - 1)
+  left = sorted({s['python_threads'] for s in after_calls})
+  os_threads = sorted({s['os_threads'] for s in during})
+  steps_per_call = args.steps // args.calls
+  print()
+  print('Between calls, after the warm-up (%d calls): RSS trend %+.1f MB '
+        '(%+.3f MB per call, %+.2f MB per 10,000 steps); OS threads %s; '
+        'Python threads after every call %s, %d before the first' % (
+            len(during), trend, per_call, per_call / steps_per_call * 10000,
+            os_threads, left, before['python_threads']))
+  flat = (trend < args.max_growth_mb and
+          os_threads[-1] - os_threads[0] <= 1 and
+          left == [before['python_threads']])
+  print('FLAT between calls' if flat else 'NOT FLAT between calls')
+  return flat
+
+
+def _stride(items):
+  return max(1, len(items) // 20)
 
 
 def parse_args(argv=None):
