@@ -9,10 +9,12 @@ It imports TensorFlow, answers {"ok": true, "ready": ...} and then reads
 one JSON command per line on stdin, answering each with one JSON line:
 
     {"cmd": "warmup", "workloads": [...], "steps": {workload: n}}
+        -> seconds per workload ({row: seconds} for system 'replicas')
     {"cmd": "measure", "workload": W, "base": B, "steps": S}
         -> base_seconds, long_seconds, rate = S / (long - base), the
-           global step against the steps trained, and the trainable
-           parameters (replica systems; else null)
+           global step against the steps trained; system 'replicas'
+           answers {"rows": {row: those fields and the model's trainable
+           parameters}}, one per row of REPLICA_SYSTEMS
     {"cmd": "memory", "warmup": n, "steps": n}   (system hook100)
         -> the samples taken after every loop
     {"cmd": "quit"}
@@ -23,6 +25,8 @@ nothing but the answers reaches the protocol channel.
 """
 from __future__ import absolute_import, division, print_function
 
+import collections
+import functools
 import json
 import os
 import shutil
@@ -57,15 +61,19 @@ GPT2_LIMIT_BATCHES = 16
 # per example, ~10x an mlp step per batch: too much to show overlap.)
 INPUT_ROUNDS = 18
 
-# The replica systems: name -> (replicas, whether gradients are summed across
-# them). All are hookestimator at iterations_per_loop REPLICA_LOOP with the
-# model's optimizer wrapped in CrossShardOptimizer (the identity with one
-# replica), at the workload's global batch. 'replicas2-nosum' is the
-# reference for the all-reduce's cost: the same two replicas, their
-# gradients not summed.
+# The replica rows, all served by the one system 'replicas': name ->
+# (replicas, whether gradients are summed across them, label). All are
+# hookestimator at iterations_per_loop REPLICA_LOOP with the model's
+# optimizer wrapped in CrossShardOptimizer (the identity with one replica),
+# at the workload's global batch. 'replicas2-nosum' is the reference for the
+# all-reduce's cost: the same two replicas, their gradients not summed.
 REPLICA_LOOP = 100
-REPLICA_SYSTEMS = {'replicas1': (1, True), 'replicas2': (2, True),
-                   'replicas2-nosum': (2, False)}
+REPLICA_SYSTEMS = collections.OrderedDict([
+    ('replicas1', (1, True, 'hookestimator, 1 replica')),
+    ('replicas2', (2, True, 'hookestimator, 2 replicas')),
+    ('replicas2-nosum', (2, False,
+                         'hookestimator, 2 replicas, gradients not summed')),
+])
 
 # name -> (label, loop size as shown, workloads it can serve): the systems
 # this TensorFlow line has. Estimator needs tensorflow-estimator (TF 2.15 and
@@ -78,12 +86,8 @@ SYSTEMS = {
                 ('mlp', 'gpt2-tiny', 'host_call', 'input-bound')),
     'hook1000': ('hookestimator', '1000', ('mlp',)),
     'input-alone': ('input alone', '-', ('input-bound',)),
-    'replicas1': ('hookestimator, 1 replica', str(REPLICA_LOOP),
-                  ('mlp', 'gpt2-tiny')),
-    'replicas2': ('hookestimator, 2 replicas', str(REPLICA_LOOP),
-                  ('mlp', 'gpt2-tiny')),
-    'replicas2-nosum': ('hookestimator, 2 replicas, gradients not summed',
-                        str(REPLICA_LOOP), ('mlp', 'gpt2-tiny')),
+    'replicas': ('hookestimator, 1 and 2 replicas', str(REPLICA_LOOP),
+                 ('mlp', 'gpt2-tiny')),
 }
 if common.HAS_ESTIMATOR:
   SYSTEMS['estimator'] = ('tf.estimator.Estimator', '-',
@@ -338,12 +342,12 @@ class KerasRunner(object):
 
 
 class ReplicaRunner(HookRunner):
-  """hookestimator with the replicas and gradient sums of `system`, one of
+  """hookestimator with the replicas and gradient sums of `row`, one of
   REPLICA_SYSTEMS, training the workload's replica step. `parameters`: the
   model's trainable parameters, the size of each replica's gradients."""
 
-  def __init__(self, system, workload, model_dir):
-    count, sum_gradients = REPLICA_SYSTEMS[system]
+  def __init__(self, row, workload, model_dir):
+    count, sum_gradients, _ = REPLICA_SYSTEMS[row]
     step = workload.replica_step(sum_gradients)
     self.parameters = None
 
@@ -355,6 +359,48 @@ class ReplicaRunner(HookRunner):
       return he.HookEstimatorSpec(mode=mode, loss=loss, train_op=train_op)
     HookRunner.__init__(self, workload, model_dir, REPLICA_LOOP,
                         model_fn=model_fn, num_replicas=count)
+
+
+class ReplicaGroup(object):
+  """Every row of REPLICA_SYSTEMS for one workload, in one process, measured
+  one after another in each repeat, in alternating order. On a shared
+  2-core machine the speed drifts, often by 2x, over seconds: rows whose
+  ratio is reported (above all, summed against not summed) must be timed
+  as close together as possible, and in the same process."""
+
+  def __init__(self, workload, model_dir):
+    self.runners = collections.OrderedDict(
+        (row, ReplicaRunner(row, workload, os.path.join(model_dir, row)))
+        for row in REPLICA_SYSTEMS)
+    self.trained = {row: 0 for row in self.runners}
+    self._measures = 0
+
+  def train(self, row, steps):
+    """Trains row `row` `steps` steps; returns the call's wall time."""
+    seconds = common.timed(self.runners[row].train, steps)
+    self.trained[row] += steps
+    return seconds
+
+  def warmup(self, steps):
+    return {row: self.train(row, steps) for row in self.runners}
+
+  def measure(self, base, steps):
+    """{row: the measure answer of a single system} for every row."""
+    rows = list(self.runners)
+    if self._measures % 2:
+      rows.reverse()
+    self._measures += 1
+    answers = {}
+    for row in rows:
+      rate, base_seconds, long_seconds = common.marginal_rate(
+          functools.partial(self.train, row), base, steps)
+      answers[row] = {'base_seconds': base_seconds,
+                      'long_seconds': long_seconds,
+                      'rate': rate if rate == rate else None,
+                      'global_step': self.runners[row].global_step(),
+                      'trained': self.trained[row],
+                      'parameters': self.runners[row].parameters}
+    return answers
 
 
 def _in_loop_scope():
@@ -444,8 +490,8 @@ def make_runner(system, workload, model_dir):
     return KerasRunner(workload, model_dir, int(system[len('keras'):]))
   if system.startswith('hook'):
     return HookRunner(workload, model_dir, int(system[len('hook'):]))
-  if system in REPLICA_SYSTEMS:
-    return ReplicaRunner(system, workload, model_dir)
+  if system == 'replicas':
+    return ReplicaGroup(workload, model_dir)
   if system == 'input-alone':
     return InputAloneRunner(workload, model_dir)
   raise ValueError('unknown system %r' % system)
@@ -509,19 +555,25 @@ class Child(object):
     if cmd == 'warmup':
       seconds = {}
       for workload in command['workloads']:
-        seconds[workload] = self.train(workload, command['steps'][workload])
+        runner = self.runner(workload)
+        if isinstance(runner, ReplicaGroup):  # {row: seconds}
+          seconds[workload] = runner.warmup(command['steps'][workload])
+        else:
+          seconds[workload] = self.train(workload,
+                                         command['steps'][workload])
       return {'seconds': seconds}
     if cmd == 'measure':
       workload, base, steps = (command['workload'], command['base'],
                                command['steps'])
+      runner = self.runner(workload)
+      if isinstance(runner, ReplicaGroup):
+        return {'rows': runner.measure(base, steps)}
       rate, base_seconds, long_seconds = common.marginal_rate(
           lambda n: self.train(workload, n), base, steps)
       return {'base_seconds': base_seconds, 'long_seconds': long_seconds,
               'rate': rate if rate == rate else None,
               'global_step': self.runners[workload].global_step(),
-              'trained': self.trained[workload],
-              'parameters': getattr(self.runners[workload], 'parameters',
-                                    None)}
+              'trained': self.trained[workload]}
     if cmd == 'memory' and self.system == 'hook100':
       return memory_run(os.path.join(self.root, 'memory'), command['warmup'],
                         command['steps'])

@@ -52,13 +52,16 @@ What is compared
     ipl 100, the model's optimizer wrapped in CrossShardOptimizer (the
     identity at N = 1; gpt2-tiny's train step rebuilt from
     hookestimator.models.gpt2 to wrap it). The all-reduce's share of step
-    time: a third run of the same 2 replicas whose gradients are not
-    summed (plain optimizer; a cross-replica sum of a constant that nothing
-    reads satisfies the framework's check and is pruned), measured right
-    after the summed run: share = 1 - rate summed / rate not summed, i.e.
-    the extra time per step over the summed run's step time. It counts
-    the sum (add_n on replica 0's device), the copies of the result to
-    each replica and the wait for the slower replica at the sum.
+    time: a third row, the same 2 replicas whose gradients are not summed
+    (plain optimizer; a cross-replica sum of a constant that nothing reads
+    satisfies the framework's check and is pruned): share = 1 - rate
+    summed / rate not summed, i.e. the extra time per step over the summed
+    run's step time, the median over repeats of each repeat's share. It
+    counts the sum (add_n on replica 0's device), the copies of the result
+    to each replica and the wait for the slower replica at the sum. The
+    three rows of a workload run in one child process ('replicas'), timed
+    one after another in each repeat, in alternating order, so that the
+    machine's drift hits the rows of one ratio alike.
   - memory: hookestimator ipl 100 with the 3-scalar host_call (in the
     ipl-100 child, after all throughput measurements): one warm-up train()
     call, then one call of --memory-steps steps sampling VmRSS, the OS
@@ -81,8 +84,8 @@ How throughput is measured (the same for every system)
 
   S is a multiple of every loop size in the workload, and each system's B
   is at least its own loop size (mlp: B = 1,000, S = 10,000; gpt2-tiny:
-  B = 10, or 100 at iterations_per_loop 100, S = 100), so all loops are
-  full. Children start and warm up in parallel; then one measurement runs
+  B = 10, or 100 at iterations_per_loop 100, S = 100; the replica rows:
+  mlp S = 30,000, gpt2-tiny B = 100, S = 400), so all loops are full. Children start and warm up in parallel; then one measurement runs
   at a time, round-robin (repeat 1 of every system and workload, then
   repeat 2, ...), so slow drifts of a shared machine hit all alike.
   Reported: the median over repeats, and every repeat's value. --quick
@@ -125,6 +128,14 @@ STEPS = {
     'input-bound': ((1000, 1000, 5000), (100, 100, 500)),
     'gpt2-tiny': ((20, 10, 100), (10, 10, 10)),
 }
+# The replica rows time longer calls: two gpt2-tiny replicas cost ~5 s per
+# train() call to build and start, varying by seconds, against ~7 s per 100
+# steps; and their ratios (N=2 / N=1, summed / not summed) need steadier
+# rates than one row alone.
+REPLICA_STEPS = {
+    'mlp': ((1000, 1000, 30000), (100, 100, 1000)),
+    'gpt2-tiny': ((20, 100, 400), (10, 10, 10)),
+}
 MEMORY_WARMUP_STEPS = (1000, 100)
 DEFAULT_MEMORY_STEPS = 50000
 QUICK_MEMORY_STEPS = 1000
@@ -160,11 +171,22 @@ def measured_pairs(workloads):
   order = {w: i for i, w in enumerate(('mlp', 'host_call', 'input-bound',
                                        'gpt2-tiny'))}
   pairs = sorted(pairs, key=lambda pair: order[pair[0]])
-  # Last, each workload's replica systems side by side: the summed and the
-  # unsummed runs, measured one after the other, see the same machine.
+  # Last, each workload's replica rows: one system serves them all.
   if 'replicas' in workloads:
-    pairs += [(w, s) for w in REPLICA_WORKLOADS for s in REPLICA_SYSTEMS]
+    pairs += [(w, 'replicas') for w in REPLICA_WORKLOADS]
   return pairs
+
+
+def report_pairs(pairs):
+  """`pairs` with each (workload, 'replicas') as one pair per replica
+  row."""
+  expanded = []
+  for workload, system in pairs:
+    if system == 'replicas':
+      expanded += [(workload, row) for row in REPLICA_SYSTEMS]
+    else:
+      expanded.append((workload, system))
+  return expanded
 
 
 class Child(object):
@@ -173,6 +195,8 @@ class Child(object):
 
   def __init__(self, system, root):
     self.system = system
+    # The replica system trains and times 3 rows where others train one.
+    self.timeout_scale = len(REPLICA_SYSTEMS) if system == 'replicas' else 1
     self._stderr = tempfile.TemporaryFile()
     self._buffer = b''
     self.process = subprocess.Popen(
@@ -199,6 +223,7 @@ class Child(object):
           self.process.poll(), command['cmd']))
 
   def receive(self, what, timeout):
+    timeout *= self.timeout_scale
     deadline = time.monotonic() + timeout
     stdout = self.process.stdout
     while b'\n' not in self._buffer:
@@ -268,10 +293,16 @@ def progress(text):
   sys.stdout.flush()
 
 
+def steps_of(workload, system, quick):
+  """(warm-up, B, S) of `system` on `workload`."""
+  table = REPLICA_STEPS if system == 'replicas' else STEPS
+  return table[workload][1 if quick else 0]
+
+
 def base_steps(workload, system, quick):
   """B for `system`: the workload's, raised to the system's loop size in a
   full run so that every loop is full."""
-  base = STEPS[workload][1 if quick else 0][1]
+  base = steps_of(workload, system, quick)[1]
   loop = peers_report.loop_size(system)
   return base if quick or loop == '-' else max(base, int(loop))
 
@@ -280,17 +311,19 @@ def measure(child, workload, repeat, quick, results, timeout):
   """One repeat of `workload` on `child`: a call of B steps, then one of
   B + S steps."""
   base = base_steps(workload, child.system, quick)
-  steps = STEPS[workload][1 if quick else 0][2]
+  steps = steps_of(workload, child.system, quick)[2]
   answer = child.request({'cmd': 'measure', 'workload': workload,
                           'base': base, 'steps': steps},
                          'measure %s' % workload, timeout)
-  results.add(workload, child.system, answer)
-  progress('repeat %d %-11s %-28s %5d steps %6.2f s, %5d steps %6.2f s -> '
-           '%s steps/sec' % (
-               repeat + 1, workload, peers_report.row_name(child.system),
-               base, answer['base_seconds'], base + steps,
-               answer['long_seconds'],
-               peers_report.fmt(answer['rate'], '%.1f')))
+  rows = answer.get('rows', {child.system: answer})
+  for system in (REPLICA_SYSTEMS if 'rows' in answer else rows):
+    row = rows[system]
+    results.add(workload, system, row)
+    progress('repeat %d %-11s %-28s %5d steps %6.2f s, %5d steps %6.2f s -> '
+             '%s steps/sec' % (
+                 repeat + 1, workload, peers_report.row_name(system),
+                 base, row['base_seconds'], base + steps,
+                 row['long_seconds'], peers_report.fmt(row['rate'], '%.1f')))
 
 
 def run(args):
@@ -303,7 +336,7 @@ def run(args):
       systems.append(system)
   if 'memory' in args.workloads and 'hook100' not in systems:
     systems.append('hook100')
-  results = peers_report.Results(args, pairs)
+  results = peers_report.Results(args, report_pairs(pairs))
   machine = describe_machine() + [source_state()]
   for line in machine:
     progress(line)
@@ -323,11 +356,15 @@ def run(args):
     for system, workloads in warmups.items():
       children[system].send({
           'cmd': 'warmup', 'workloads': workloads,
-          'steps': {w: STEPS[w][index][0] for w in workloads}})
+          'steps': {w: steps_of(w, system, args.quick)[0]
+                    for w in workloads}})
     for system in warmups:
       answer = children[system].receive('warm-up', timeout)
       for workload, seconds in answer['seconds'].items():
-        results.warmup_seconds[workload, system] = seconds
+        if not isinstance(seconds, dict):  # else the replica rows'
+          seconds = {system: seconds}
+        for row, row_seconds in seconds.items():
+          results.warmup_seconds[workload, row] = row_seconds
     progress('warm-ups done after %.1f s (all children at once)' %
              (time.monotonic() - start))
     for repeat in range(args.repeats):

@@ -27,11 +27,14 @@ NOTES = {
 
 
 def label(system):
+  """A system's label, or a replica row's."""
+  if system in REPLICA_SYSTEMS:
+    return REPLICA_SYSTEMS[system][2]
   return SYSTEMS[system][0]
 
 
 def loop_size(system):
-  return SYSTEMS[system][1]
+  return SYSTEMS['replicas' if system in REPLICA_SYSTEMS else system][1]
 
 
 def row_name(system):
@@ -214,7 +217,7 @@ class Results(object):
       batch = BATCH_SIZES[workload]
       parameters = self.parameters.get(workload)
       for system in REPLICA_SYSTEMS:
-        count, summed = REPLICA_SYSTEMS[system]
+        count, summed, _ = REPLICA_SYSTEMS[system]
         rate = self.rate(workload, system)
         share = '-'
         if count > 1 and summed:
@@ -243,13 +246,13 @@ class Results(object):
              'All-reduce share = 1 - rate summed / rate not summed: the '
              'same 2 replicas whose gradients are not summed (plain '
              'optimizer; an unread cross-replica sum of a constant '
-             'satisfies the framework\'s check and is pruned), measured '
-             'right after the summed run; the median over repeats of each '
-             'pair\'s share. It counts the add_n, the copies of the sum to '
-             'each replica and the wait for the slower replica; a share '
-             'below 0 is within the machine\'s noise. Trainable parameters '
-             '(float32): %s.' % (loop_size('replicas2'),
-                                 sizes or 'not reported'), ''])
+             'satisfies the framework\'s check and is pruned), timed next '
+             'to the summed run in the same process; the median over '
+             'repeats of each repeat\'s share. It counts the add_n, the '
+             'copies of the sum to each replica and the wait for the slower '
+             'replica; a share below 0 is within the machine\'s noise. '
+             'Trainable parameters (float32): %s.' % (
+                 loop_size('replicas2'), sizes or 'not reported'), ''])
 
   def memory_growth(self):
     """{quantity: (first 10% mean, last 10% mean, growth)}."""

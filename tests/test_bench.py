@@ -194,6 +194,8 @@ def test_child_that_does_not_answer_in_time_is_killed(tmp_path):
 def test_replica_rows_alone():
   """--workloads replicas measures the replica systems and nothing else."""
   from bench import peers  # pylint: disable=g-import-not-at-top
-  assert peers.measured_pairs(['replicas']) == [
-      (workload, system) for workload in ('mlp', 'gpt2-tiny')
-      for system in ('replicas1', 'replicas2', 'replicas2-nosum')]
+  pairs = peers.measured_pairs(['replicas'])
+  assert pairs == [('mlp', 'replicas'), ('gpt2-tiny', 'replicas')]
+  assert peers.report_pairs(pairs) == [
+      (workload, row) for workload in ('mlp', 'gpt2-tiny')
+      for row in ('replicas1', 'replicas2', 'replicas2-nosum')]
