@@ -151,16 +151,21 @@ def test_peers_bad_arguments():
     assert 'error' in result.stderr
 
 
-def test_child_that_dies_is_an_error_naming_it(tmp_path):
+def _assert_child_refused(system, tmp_path):
+  """A child for `system` exits at start-up: an error naming it."""
   from bench import peers  # pylint: disable=g-import-not-at-top
-  child = peers.Child('no-such-system', str(tmp_path))
+  child = peers.Child(system, str(tmp_path))
   try:
     with pytest.raises(peers.BenchError) as error:
       child.receive('start-up', 120)
   finally:
     child.close()
-  assert "system 'no-such-system': exited" in str(error.value)
+  assert "system '%s': exited" % system in str(error.value)
   assert 'usage: python -m bench.peer_systems' in str(error.value)
+
+
+def test_child_that_dies_is_an_error_naming_it(tmp_path):
+  _assert_child_refused('no-such-system', tmp_path)
 
 
 @pytest.mark.skipif(HAS_ESTIMATOR, reason='this line has tf.estimator')
@@ -168,14 +173,7 @@ def test_no_estimator_child_without_tensorflow_estimator(tmp_path):
   from bench import peers  # pylint: disable=g-import-not-at-top
   assert all(system != 'estimator' for _, system in peers.measured_pairs(
       peers.WORKLOADS))
-  child = peers.Child('estimator', str(tmp_path))
-  try:
-    with pytest.raises(peers.BenchError) as error:
-      child.receive('start-up', 120)
-  finally:
-    child.close()
-  assert "system 'estimator': exited" in str(error.value)
-  assert 'usage: python -m bench.peer_systems' in str(error.value)
+  _assert_child_refused('estimator', tmp_path)
 
 
 def test_child_that_does_not_answer_in_time_is_killed(tmp_path):
