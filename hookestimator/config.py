@@ -5,6 +5,9 @@ import os
 from hookestimator.compat import v1
 
 DEVICE_KINDS = ('cpu', 'gpu', 'tpu')
+# The feeding paths (feed.py): the device loop reads the input itself, or
+# an infeed thread fills a queue it reads. A TPU program has only the latter.
+FEEDING_PATHS = ('in_loop', 'infeed_thread')
 DEFAULT_SAVE_CHECKPOINTS_SECS = 600
 
 
@@ -62,6 +65,12 @@ class RunConfig(object):
       of `device`'s kind (on CPU, the session gets that many CPU devices).
       The batch sizes are global: each replica's model_fn and input_fn see
       params['batch_size'] = batch size / num_replicas.
+    feeding: how the device loop gets its batches. 'in_loop' (the default
+      on CPU and GPU): the loop reads the dataset's iterator itself, from a
+      prefetch buffer filled by tf.data's threads; the fastest path.
+      'infeed_thread' (the default, and the only path, on TPU): an infeed
+      controller thread fills a queue that the loop reads, as TPUEstimator
+      feeds a TPU.
   """
 
   def __init__(self,
@@ -74,7 +83,8 @@ class RunConfig(object):
                session_config=None,
                device='cpu',
                check_nan_loss=True,
-               num_replicas=1):
+               num_replicas=1,
+               feeding=None):
     if model_dir is not None:
       if not isinstance(model_dir, (str, os.PathLike)):
         raise TypeError('model_dir must be a path string or None, got %r' %
@@ -128,6 +138,17 @@ class RunConfig(object):
     if device == 'cpu' and self.num_replicas > 1:
       self.session_config = _with_cpu_devices(session_config,
                                               self.num_replicas)
+    if feeding is None:
+      feeding = 'infeed_thread' if device == 'tpu' else 'in_loop'
+    if feeding not in FEEDING_PATHS:
+      raise ValueError('feeding must be one of %s, got %r' %
+                       (', '.join(repr(p) for p in FEEDING_PATHS), feeding))
+    if device == 'tpu' and feeding != 'infeed_thread':
+      raise ValueError(
+          "feeding=%r cannot be honoured with device='tpu': a TPU program "
+          "reads only its hardware infeed, fed by the infeed thread "
+          "(feeding='infeed_thread')" % feeding)
+    self.feeding = feeding
 
   def replace(self, **changes):
     """A copy of this config with `changes` applied (and validated)."""
@@ -142,8 +163,11 @@ class RunConfig(object):
         session_config=self.session_config,
         device=self.device,
         check_nan_loss=self.check_nan_loss,
-        num_replicas=self.num_replicas)
+        num_replicas=self.num_replicas,
+        feeding=self.feeding)
     fields.update(changes)
+    if 'device' in changes and 'feeding' not in changes:
+      fields['feeding'] = None  # The new device's default.
     if 'save_checkpoints_steps' in changes and 'save_checkpoints_secs' not in changes:
       fields['save_checkpoints_secs'] = None
     return RunConfig(**fields)
@@ -152,8 +176,8 @@ class RunConfig(object):
     return ('RunConfig(model_dir=%r, iterations_per_loop=%d, '
             'save_checkpoints_steps=%r, save_checkpoints_secs=%r, '
             'keep_checkpoint_max=%d, log_step_count_steps=%d, device=%r, '
-            'num_replicas=%d)' % (
+            'num_replicas=%d, feeding=%r)' % (
                 self.model_dir, self.iterations_per_loop,
                 self.save_checkpoints_steps, self.save_checkpoints_secs,
                 self.keep_checkpoint_max, self.log_step_count_steps,
-                self.device, self.num_replicas))
+                self.device, self.num_replicas, self.feeding))
