@@ -2,6 +2,7 @@
 import numbers
 import os
 
+from hookestimator import cluster as cluster_lib
 from hookestimator.compat import v1
 
 DEVICE_KINDS = ('cpu', 'gpu', 'tpu')
@@ -62,6 +63,13 @@ class RunConfig(object):
       of `device`'s kind (on CPU, the session gets that many CPU devices).
       The batch sizes are global: each replica's model_fn and input_fn see
       params['batch_size'] = batch size / num_replicas.
+    cluster: the cluster this run spans, in TF_CONFIG's format (a dict or
+      JSON string with "cluster" and "task"), or a cluster.Cluster; None
+      reads the TF_CONFIG environment variable (no cluster when unset).
+      num_replicas replicas run on each worker; see docs/cluster.md.
+    peer_timeout_secs: how long a task of a cluster waits for the others
+      to answer when the run starts, before failing with the names of the
+      missing tasks.
   """
 
   def __init__(self,
@@ -74,7 +82,9 @@ class RunConfig(object):
                session_config=None,
                device='cpu',
                check_nan_loss=True,
-               num_replicas=1):
+               num_replicas=1,
+               cluster=None,
+               peer_timeout_secs=60):
     if model_dir is not None:
       if not isinstance(model_dir, (str, os.PathLike)):
         raise TypeError('model_dir must be a path string or None, got %r' %
@@ -128,6 +138,15 @@ class RunConfig(object):
     if device == 'cpu' and self.num_replicas > 1:
       self.session_config = _with_cpu_devices(session_config,
                                               self.num_replicas)
+    self.cluster = (cluster_lib.from_environment() if cluster is None else
+                    cluster_lib.parse(cluster, 'RunConfig(cluster=...)'))
+    if self.cluster is not None and device == 'tpu':
+      raise ValueError("a cluster cannot run with device='tpu'; got "
+                       'cluster=%r' % (self.cluster,))
+    self.peer_timeout_secs = check_positive_number('peer_timeout_secs',
+                                                   peer_timeout_secs)
+    if self.peer_timeout_secs is None:
+      raise ValueError('peer_timeout_secs must be a positive number, got None')
 
   def replace(self, **changes):
     """A copy of this config with `changes` applied (and validated)."""
@@ -142,7 +161,9 @@ class RunConfig(object):
         session_config=self.session_config,
         device=self.device,
         check_nan_loss=self.check_nan_loss,
-        num_replicas=self.num_replicas)
+        num_replicas=self.num_replicas,
+        cluster=self.cluster or '',
+        peer_timeout_secs=self.peer_timeout_secs)
     fields.update(changes)
     if 'save_checkpoints_steps' in changes and 'save_checkpoints_secs' not in changes:
       fields['save_checkpoints_secs'] = None

@@ -164,12 +164,14 @@ class DeviceLoop(object):
         step_value = tf.raw_ops.ReadVariableOp(resource=global_step.handle,
                                                dtype=tf.int64)
       with tf.control_dependencies([step_value]):
-        element = infeed.dequeue()
+        if hasattr(infeed, 'dequeue_replicas'):  # One infeed per worker.
+          per_replica = infeed.dequeue_replicas()
+        else:
+          per_replica = replicas_lib.unstack(infeed.dequeue(), count)
       sums = replicas_lib.CrossReplicaSums(count, replica_devices)
       specs = []
       graph = v1.get_default_graph()
-      for index, (features, labels) in enumerate(
-          replicas_lib.unstack(element, count)):
+      for index, (features, labels) in enumerate(per_replica):
         stack, handle = replica_scope(index, sums)
         with stack:
           first_model_op = len(graph.get_operations())

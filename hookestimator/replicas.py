@@ -73,16 +73,26 @@ class Plan(object):
       PER_HOST_V2).
   """
 
-  def __init__(self, kind, count, global_batch, name, split_batches=False):
+  def __init__(self, kind, count, global_batch, name, split_batches=False,
+               cluster=None):
+    # With a cluster, `count` replicas on each worker.
+    self.local_count = count
+    self.workers = cluster.num_workers if cluster is not None else 1
+    count *= self.workers
     self.count = count
     self.split_batches = split_batches
-    self.devices = None if count == 1 else devices(kind, count)
+    if cluster is not None:
+      self.devices = cluster.replica_devices(kind, self.local_count)
+    else:
+      self.devices = None if count == 1 else devices(kind, count)
     self.replica_batch = per_replica_batch(name, global_batch, count)
-    self.input_batch = global_batch if split_batches else self.replica_batch
+    self.input_batch = (self.replica_batch * self.local_count
+                        if split_batches else self.replica_batch)
 
   def replicate_input(self, dataset):
-    """The dataset's elements stacked [count, ...], one slice a replica."""
-    return split_input(dataset, self.count, self.split_batches)
+    """The dataset's elements stacked [local count, ...], one slice a
+    replica of this worker."""
+    return split_input(dataset, self.local_count, self.split_batches)
 
   def check_devices(self, found):
     """Raises unless `found` (the device kind's devices) has one device per

@@ -5,3 +5,14 @@ import collections
 # and held-out evaluation (each `input_fn(params)`), and the model's name.
 Model = collections.namedtuple(
     'Model', ['name', 'model_fn', 'train_input_fn', 'eval_input_fn'])
+
+
+def shard(dataset, params):
+  """This worker's share of `dataset` in a cluster: every n-th element
+  from its own offset, as params['input_context'] says (the whole dataset
+  when there is no cluster)."""
+  context = params.get('input_context')
+  if context is None or context.num_input_pipelines == 1:
+    return dataset
+  return dataset.shard(context.num_input_pipelines,
+                       context.input_pipeline_id)

@@ -11,6 +11,7 @@ import tensorflow as tf
 import hookestimator as he
 from hookestimator.config import check_positive_int
 from hookestimator.models import Model
+from hookestimator.models import shard
 from hookestimator.models.layers import dense
 
 v1 = tf.compat.v1
@@ -58,8 +59,10 @@ def make_model_fn(hidden_units, learning_rate):
         return {'accuracy': v1.metrics.accuracy(labels, predicted)}
       return he.HookEstimatorSpec(mode=mode, loss=loss,
                                   eval_metrics=(metric_fn, [labels, predicted]))
-    train_op = v1.train.AdamOptimizer(learning_rate).minimize(
-        loss, global_step=v1.train.get_global_step())
+    # Sums the gradients over the replicas (the identity with one).
+    train_op = v1.tpu.CrossShardOptimizer(
+        v1.train.AdamOptimizer(learning_rate)).minimize(
+            loss, global_step=v1.train.get_global_step())
     correct = tf.cast(tf.equal(predicted, labels), tf.float32)
 
     def host_call(correct):
@@ -77,7 +80,8 @@ def digits_mlp(hidden_units=(128,), learning_rate=3e-3, heldout_examples=297):
   (train_x, train_y), (heldout_x, heldout_y) = load_split(heldout_examples)
 
   def train_input_fn(params):
-    dataset = tf.data.Dataset.from_tensor_slices((train_x, train_y))
+    dataset = shard(tf.data.Dataset.from_tensor_slices((train_x, train_y)),
+                    params)
     return dataset.shuffle(len(train_y), seed=1).repeat().batch(
         params['batch_size'], drop_remainder=True)
 
