@@ -34,19 +34,22 @@ def load_split(heldout_examples, seed=0):
   return (x[:cut], y[:cut]), (x[cut:], y[cut:])
 
 
-def forward(features, hidden_units):
-  """Logits of the MLP: 64 -> hidden_units (ReLU, one layer each) -> 10."""
+def forward(features, hidden_units, seed=None):
+  """Logits of the MLP: 64 -> hidden_units (ReLU, one layer each) -> 10;
+  the initial weights drawn with `seed` (None: at random)."""
   net = features
   for i, units in enumerate(hidden_units):
-    net = dense(net, units, 'hidden%d' % i, tf.nn.relu)
-  return dense(net, NUM_CLASSES, 'logits')
+    net = dense(net, units, 'hidden%d' % i, tf.nn.relu,
+                seed=None if seed is None else seed + i)
+  return dense(net, NUM_CLASSES, 'logits',
+               seed=None if seed is None else seed + len(hidden_units))
 
 
-def make_model_fn(hidden_units, learning_rate):
+def make_model_fn(hidden_units, learning_rate, seed=None):
   """The model_fn: Adam on the mean cross-entropy."""
 
   def model_fn(features, labels, mode):
-    logits = forward(features, hidden_units)
+    logits = forward(features, hidden_units, seed)
     predicted = tf.argmax(logits, 1)
     if mode == he.ModeKeys.PREDICT:
       return he.HookEstimatorSpec(mode=mode, predictions={
@@ -73,8 +76,10 @@ def make_model_fn(hidden_units, learning_rate):
 
 
 @gin.configurable
-def digits_mlp(hidden_units=(128,), learning_rate=3e-3, heldout_examples=297):
-  """The digits classifier: its model_fn and input_fns."""
+def digits_mlp(hidden_units=(128,), learning_rate=3e-3, heldout_examples=297,
+               seed=None):
+  """The digits classifier: its model_fn and input_fns. `seed` fixes the
+  initial weights (None: random)."""
   hidden_units = [check_positive_int('hidden_units', units)
                   for units in hidden_units]
   (train_x, train_y), (heldout_x, heldout_y) = load_split(heldout_examples)
@@ -89,5 +94,5 @@ def digits_mlp(hidden_units=(128,), learning_rate=3e-3, heldout_examples=297):
     dataset = tf.data.Dataset.from_tensor_slices((heldout_x, heldout_y))
     return dataset.batch(params['batch_size'])
 
-  return Model('digits_mlp', make_model_fn(hidden_units, learning_rate),
+  return Model('digits_mlp', make_model_fn(hidden_units, learning_rate, seed),
                train_input_fn, eval_input_fn)
