@@ -69,12 +69,20 @@ class Processes(object):
 
   def start(self, name, cluster, model_dir, max_steps, replicas=1,
             timeout=30):
+    """Starts tests/cluster_task.py."""
+    return self.start_command(name, [
+        TASK, cluster, str(model_dir), str(max_steps), str(replicas),
+        str(timeout)])
+
+  def start_command(self, name, argv, tf_config_value=None):
+    """Starts Python with `argv`, TF_CONFIG set to `tf_config_value`."""
     log = open(str(self._tmp_path / ('%s.log' % name)), 'w')
     env = dict(os.environ, PYTHONPATH=REPO_ROOT)
     env.pop('TF_CONFIG', None)
+    if tf_config_value is not None:
+      env['TF_CONFIG'] = tf_config_value
     process = subprocess.Popen(
-        [sys.executable, TASK, cluster, str(model_dir), str(max_steps),
-         str(replicas), str(timeout)], cwd=REPO_ROOT, env=env, stdout=log,
+        [sys.executable] + argv, cwd=REPO_ROOT, env=env, stdout=log,
         stderr=subprocess.STDOUT, start_new_session=True)
     process.log_path = log.name
     log.close()
@@ -147,6 +155,30 @@ def test_two_workers_train_as_two_replicas_and_only_the_chief_writes(
       v1.train.latest_checkpoint(str(tmp_path / 'chief_dir')))]
   assert len([k for k in keys if k.startswith(
       'hookestimator/input_position/worker_')]) == 2
+
+
+def test_every_task_runs_the_same_command(tmp_path):
+  """`hookestimator train` on each task, TF_CONFIG telling them apart:
+  the chief trains, reports and writes; the worker writes nothing."""
+  ports = free_ports(2)
+  command = ['-m', 'hookestimator', 'train',
+             '--gin_file=runs/digits_mlp.gin', '--gin_param=TRAIN_STEPS = 20',
+             '--gin_param=RunConfig.iterations_per_loop = 10']
+  with Processes(tmp_path) as processes:
+    worker = processes.start_command(
+        'worker', command + ['--model_dir=%s' % (tmp_path / 'worker_dir')],
+        tf_config(ports, 'worker'))
+    chief = processes.start_command(
+        'chief', command + ['--model_dir=%s' % (tmp_path / 'chief_dir')],
+        tf_config(ports, 'chief'))
+    chief_code, _, chief_out = processes.wait(chief)
+    worker_code, _, worker_out = processes.wait(worker)
+  assert chief_code == 0, chief_out[-3000:]
+  assert worker_code == 0, worker_out[-3000:]
+  assert 'to global step 20' in chief_out
+  assert os.path.exists(str(tmp_path / 'chief_dir' / 'operative_config-0.gin'))
+  assert not (tmp_path / 'worker_dir').exists()
+  assert not any(listening(p) for p in ports)
 
 
 def test_a_lost_worker_stops_the_chief_and_a_restart_resumes_exactly(
