@@ -301,3 +301,18 @@ def test_tf_config_gives_the_task_and_its_devices():
                             'task': {'type': 'chief'}}) is None
   config = config_lib.RunConfig(cluster=tf_config([2000, 2001], 'chief'))
   assert config.replace(num_replicas=2).cluster == config.cluster
+
+
+def test_the_cluster_bench_reports_one_and_two_workers():
+  result = subprocess.run(
+      [sys.executable, '-m', 'bench.cluster', '--quick'], cwd=REPO_ROOT,
+      env=dict(os.environ, PYTHONPATH=REPO_ROOT), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, universal_newlines=True, timeout=RUN_SECS,
+      start_new_session=True)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [line.split('|')[1:-1] for line in result.stdout.splitlines()
+          if line.startswith('| 32 ')]
+  assert [int(row[2]) for row in rows] == [1, 2]
+  assert all(float(row[3]) > 0 for row in rows)
+  # 2 (W - 1) x 4 bytes x 2,410 parameters.
+  assert [int(row[5]) for row in rows] == [0, 19280]
