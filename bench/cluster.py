@@ -123,8 +123,18 @@ def _time_allreduce(v1, tf, peers, config, parameters, steps):
                            parallel_iterations=1)
     init = v1.global_variables_initializer()
   with v1.Session(server.target, graph=graph) as session:
-    session.run(init)
-    session.run(loop, {count: 10})
+    # The worker may not be up yet, or its channel to the chief still
+    # backing off after its first tries: try again for a while.
+    deadline = time.monotonic() + config.peer_timeout_secs
+    while True:
+      try:
+        session.run(init)
+        session.run(loop, {count: 10})
+        break
+      except tf.errors.UnavailableError:
+        if time.monotonic() > deadline:
+          raise
+        time.sleep(0.5)
     start = time.monotonic()
     session.run(loop, {count: steps})
     return (time.monotonic() - start) * 1000.0 / steps

@@ -34,6 +34,8 @@ PROBE_SECS = 5
 # How often the chief checks its workers, and a worker its outbox.
 WATCH_SECS = 1.0
 POLL_SECS = 1.0
+# Between tries to reach a peer that is not listening yet.
+RETRY_SECS = 0.25
 # How long the chief waits for every worker to read its last message.
 ANSWER_SECS = 10
 # After a task was lost, the process ends at most this long after.
@@ -122,25 +124,37 @@ class _Link(object):
         self.probe = tf.identity(tf.constant(0), name='probe')
       with tf.device(_cpu(('chief', 0))):
         self.ops = build() if build is not None else None
-    filters = sorted({cluster_lib.task_name(cluster.task),
-                      cluster_lib.task_name(peer)})
-    self.session = v1.Session(server_.target, graph=self.graph,
-                              config=v1.ConfigProto(device_filters=filters))
-
-  def start_connecting(self):
-    """Runs the first probe on a thread; returns it."""
-    thread = threading.Thread(target=self._first_probe, daemon=True,
-                              name='connect %s' % self.name)
+    self._target = server_.target
+    self._config = v1.ConfigProto(device_filters=sorted(
+        {cluster_lib.task_name(cluster.task), cluster_lib.task_name(peer)}))
+    self.session = None
     self.connected = False
+
+  def start_connecting(self, deadline):
+    """Probes the peer on a thread until it answers or `deadline` (a
+    time.monotonic()) passes; returns the thread."""
+    thread = threading.Thread(target=self._first_probe, args=(deadline,),
+                              daemon=True, name='connect %s' % self.name)
     thread.start()
     return thread
 
-  def _first_probe(self):
-    try:
-      self.session.run(self.probe)
-      self.connected = True
-    except tf.errors.OpError as error:
-      log.info('Task %s: %s', self.name, error.message.split('\n')[0])
+  def _first_probe(self, deadline):
+    # A peer not listening yet refuses at once (UnavailableError), or the
+    # session's creation waits for it: try again until the deadline.
+    while True:
+      session = v1.Session(self._target, graph=self.graph,
+                           config=self._config)
+      try:
+        session.run(self.probe)
+        self.session = session
+        self.connected = True
+        return
+      except tf.errors.OpError as error:
+        session.close()
+        if time.monotonic() > deadline:
+          log.info('Task %s: %s', self.name, _first_line(error))
+          return
+      time.sleep(RETRY_SECS)
 
   def alive(self):
     try:
@@ -156,8 +170,8 @@ class _Link(object):
 def connect(links, timeout):
   """Waits up to `timeout` seconds for every link's peer to answer; raises
   LostTaskError naming those that did not."""
-  threads = [link.start_connecting() for link in links]
   deadline = time.monotonic() + timeout
+  threads = [link.start_connecting(deadline) for link in links]
   for thread in threads:
     thread.join(max(0.0, deadline - time.monotonic()))
   missing = [link.name for link in links if not link.connected]
@@ -195,7 +209,24 @@ class ChiefPeers(object):
     self._lock = threading.Lock()
 
   def wait(self, timeout):
+    """Waits for every worker to answer, and to have reached the chief
+    (a worker's first tries can leave its channel to the chief backing
+    off for seconds, failing the first loop): each says hello."""
+    deadline = time.monotonic() + timeout
     connect(self._links, timeout)
+    missing = set(link.name for link in self._links)
+    while missing:
+      left = deadline - time.monotonic()
+      try:
+        hello = self._local.run(self._answer,
+                                options=_timeout(max(left, 0.001)))
+      except tf.errors.DeadlineExceededError:
+        error = LostTaskError(
+            'task(s) %s did not reach the chief within '
+            'peer_timeout_secs=%g s' % (', '.join(sorted(missing)), timeout))
+        end_process_after(EXIT_GRACE_SECS, str(error))
+        raise error
+      missing.discard(hello.decode('utf-8'))
     log.info('Every task of the cluster answered: %s',
              ', '.join(self._cluster.describe(t) for t in self._cluster.tasks))
 
@@ -308,10 +339,23 @@ def serve_worker(cluster, server_, timeout):
     return _outbox(worker).dequeue(), _inbox().enqueue(answer), answer
   chief = _Link(server_, cluster, ('chief', 0), build)
   take, give, answer = chief.ops
+  deadline = time.monotonic() + timeout
   try:
     connect([chief], timeout)
-  except LostTaskError as error:
-    _exit(EXIT_LOST, 'Worker %s: %s' % (name, error))
+    # The hello crosses both ways (the chief fetches the fed name from
+    # here); a channel that refused a first try backs off for a while,
+    # failing at once until it connects again.
+    while True:
+      try:
+        chief.session.run(give, {answer: cluster.describe(cluster.task)},
+                          options=_timeout(PROBE_SECS))
+        break
+      except tf.errors.UnavailableError:
+        if time.monotonic() > deadline:
+          raise
+        time.sleep(RETRY_SECS)
+  except (LostTaskError, tf.errors.OpError) as error:
+    _exit(EXIT_LOST, 'Worker %s: %s' % (name, _first_line(error)))
   log.info('Worker %s serves the chief %s', name, chief.name)
   while True:
     try:

@@ -97,10 +97,11 @@ class Plan(object):
   def check_devices(self, found):
     """Raises unless `found` (the device kind's devices) has one device per
     replica."""
-    if self.count > len(found):
+    if self.local_count > len(found):
       raise ValueError(
           'num_replicas=%d needs %d devices of this kind; this machine has '
-          '%d (%s)' % (self.count, self.count, len(found), ', '.join(found)))
+          '%d (%s)' % (self.local_count, self.local_count, len(found),
+                       ', '.join(found)))
 
 
 def split_input(dataset, count, split_batches):

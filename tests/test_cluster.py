@@ -165,12 +165,14 @@ def test_every_task_runs_the_same_command(tmp_path):
              '--gin_file=runs/digits_mlp.gin', '--gin_param=TRAIN_STEPS = 20',
              '--gin_param=RunConfig.iterations_per_loop = 10']
   with Processes(tmp_path) as processes:
-    worker = processes.start_command(
-        'worker', command + ['--model_dir=%s' % (tmp_path / 'worker_dir')],
-        tf_config(ports, 'worker'))
+    # The chief first here (the other tests start the worker first).
     chief = processes.start_command(
         'chief', command + ['--model_dir=%s' % (tmp_path / 'chief_dir')],
         tf_config(ports, 'chief'))
+    time.sleep(1)  # Not needed to pass: the worker only comes later.
+    worker = processes.start_command(
+        'worker', command + ['--model_dir=%s' % (tmp_path / 'worker_dir')],
+        tf_config(ports, 'worker'))
     chief_code, _, chief_out = processes.wait(chief)
     worker_code, _, worker_out = processes.wait(worker)
   assert chief_code == 0, chief_out[-3000:]
@@ -223,6 +225,27 @@ def test_a_lost_worker_stops_the_chief_and_a_restart_resumes_exactly(
   got = variables(model_dir)
   assert int(got['global_step']) == max_steps
   assert_same_variables(got, variables(tmp_path / 'single'))
+
+
+def test_a_lost_chief_stops_the_worker_naming_it(tmp_path):
+  ports = free_ports(2)
+  with Processes(tmp_path) as processes:
+    worker = processes.start('worker', tf_config(ports, 'worker'),
+                             tmp_path / 'worker_dir', 10 ** 6)
+    chief = processes.start('chief', tf_config(ports, 'chief'),
+                            tmp_path / 'chief_dir', 10 ** 6)
+    deadline = time.monotonic() + RUN_SECS
+    while (v1.train.latest_checkpoint(str(tmp_path / 'chief_dir')) is None
+           and time.monotonic() < deadline and chief.poll() is None):
+      time.sleep(0.2)
+    os.kill(chief.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    code = worker.wait(RUN_SECS)
+    assert time.monotonic() - killed < LOST_SECS
+    _, _, out = processes.wait(worker)
+  assert code != 0
+  assert 'lost task /job:chief/task:0' in out, out[-3000:]
+  assert not any(listening(p) for p in ports)
 
 
 def test_a_worker_alone_gives_up_within_its_timeout(tmp_path):
@@ -303,14 +326,13 @@ def test_tf_config_gives_the_task_and_its_devices():
   assert config.replace(num_replicas=2).cluster == config.cluster
 
 
-def test_the_cluster_bench_reports_one_and_two_workers():
-  result = subprocess.run(
-      [sys.executable, '-m', 'bench.cluster', '--quick'], cwd=REPO_ROOT,
-      env=dict(os.environ, PYTHONPATH=REPO_ROOT), stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, universal_newlines=True, timeout=RUN_SECS,
-      start_new_session=True)
-  assert result.returncode == 0, result.stderr[-3000:]
-  rows = [line.split('|')[1:-1] for line in result.stdout.splitlines()
+def test_the_cluster_bench_reports_one_and_two_workers(tmp_path):
+  with Processes(tmp_path) as processes:
+    bench = processes.start_command('bench', ['-m', 'bench.cluster',
+                                              '--quick'])
+    code, _, out = processes.wait(bench)
+  assert code == 0, out[-3000:]
+  rows = [line.split('|')[1:-1] for line in out.splitlines()
           if line.startswith('| 32 ')]
   assert [int(row[2]) for row in rows] == [1, 2]
   assert all(float(row[3]) > 0 for row in rows)
