@@ -12,11 +12,12 @@ with the workers). Each row reports:
 - examples/sec: global examples per second over the loops after the first
   (the chief's hook times loop ends);
 - all-reduce ms/step: a loop of steps that does only what the training
-  step's cross-worker sum does, on the same cluster before training
-  (each worker's gradient-sized tensor sent to the chief, summed there,
-  the sum sent back and stored on each worker);
-- bytes/step: what crosses the network per step for the sum, 2 (W - 1) x
-  4 P for P parameters and W workers (0 with one worker).
+  step's cross-worker sum does, on the same cluster before training (a
+  collective all-reduce of a gradient-sized tensor, stored on each
+  worker);
+- bytes/step: what the ring all-reduce sends per step, all workers
+  together, 2 (W - 1) x 4 P for P parameters and W workers (each worker
+  sends 2 (W - 1) / W x 4 P; 0 with one worker).
 
 All processes share this machine's cores, so 2 workers here measure the
 runtime's overhead, not a speed-up.
@@ -95,7 +96,8 @@ def child(cluster, hidden, steps, allreduce_steps):
 
 def _time_allreduce(v1, tf, peers, config, parameters, steps):
   """ms per step of the cross-worker sum alone, as the training loop does
-  it (on the chief's CPU, the sum copied back to every worker)."""
+  it (a collective all-reduce over the workers)."""
+  from hookestimator import replicas  # pylint: disable=g-import-not-at-top
   cluster = config.cluster
   server = peers.server(cluster, config.session_config)
   graph = tf.Graph()
@@ -109,10 +111,11 @@ def _time_allreduce(v1, tf, peers, config, parameters, steps):
             initializer=v1.ones_initializer(), trainable=False))
 
     def body(i):
-      with tf.device(hosts[0]):
-        total = tf.add_n([g.read_value() for g in grads])
+      # A group of its own: the training's group has other shapes.
+      totals = replicas.collective_sum([g.read_value() for g in grads],
+                                       hosts, group_key=2, instance_key=1)
       stores = []
-      for host, grad in zip(hosts, grads):
+      for host, grad, total in zip(hosts, grads, totals):
         with tf.device(host):
           stores.append(grad.assign(total * 0.5))
       with tf.control_dependencies(stores):

@@ -132,7 +132,8 @@ class DeviceLoop(object):
   """
 
   def __init__(self, global_step, infeed, outfeed, call_model_fn, device,
-               check_nan_loss=False, replica_devices=None):
+               check_nan_loss=False, replica_devices=None,
+               collective=False):
     self.iterations = v1.placeholder(tf.int32, [], name='iterations')
     self.spec = None
     self.host_call = None
@@ -168,7 +169,8 @@ class DeviceLoop(object):
           per_replica = infeed.dequeue_replicas()
         else:
           per_replica = replicas_lib.unstack(infeed.dequeue(), count)
-      sums = replicas_lib.CrossReplicaSums(count, replica_devices)
+      sums = replicas_lib.CrossReplicaSums(count, replica_devices,
+                                           collective=collective)
       specs = []
       graph = v1.get_default_graph()
       for index, (features, labels) in enumerate(per_replica):

@@ -68,9 +68,7 @@ def server(cluster, session_config):
     for started, its_cluster in _servers.items():
       if its_cluster == cluster:
         return started
-    config = v1.ConfigProto(allow_soft_placement=True)
-    if session_config is not None:
-      config.CopyFrom(session_config)
+    config = server_config(session_config)
     started = v1.train.Server(tf.train.ClusterSpec(cluster.cluster_def()),
                               job_name=cluster.task_type,
                               task_index=cluster.task_index, config=config,
@@ -83,6 +81,16 @@ def server(cluster, session_config):
         cluster.address(cluster.task).rsplit(':', 1)[1])
     _servers[started] = cluster
     return started
+
+
+def server_config(session_config):
+  """A copy of `session_config` (None: soft placement) for a cluster's
+  servers and sessions: the chief leads the collective ops' groups."""
+  config = v1.ConfigProto(allow_soft_placement=True)
+  if session_config is not None:
+    config.CopyFrom(session_config)
+  config.experimental.collective_group_leader = '/job:chief/replica:0/task:0'
+  return config
 
 
 def end_process_after(seconds, reason):

@@ -21,6 +21,7 @@ by 1/N (its MEAN reduction) as on a TPU.
 import contextlib
 
 import tensorflow as tf
+from tensorflow.python.ops import collective_ops
 from tensorflow.python.ops import gen_tpu_ops
 from tensorflow.python.tpu import tpu_function
 from tensorflow.python.tpu.ops import tpu_ops
@@ -171,12 +172,35 @@ def concat_outfed(per_replica, weights):
   return combined
 
 
-class CrossReplicaSums(object):
-  """The cross-replica sums of the replicas built inside `recording()`."""
+# The collective group of a cluster's replicas (one group: every replica).
+COLLECTIVE_GROUP_KEY = 1
 
-  def __init__(self, count, devices_):
+
+def collective_sum(values, devices_, group_key, instance_key):
+  """The sum of `values` (one per device of `devices_`), on each device,
+  by TensorFlow's collective all-reduce (a ring over the devices, across
+  tasks through the gRPC runtime); the tasks' servers need
+  `collective_group_leader` set (peers.server_config)."""
+  sums = []
+  for value, device in zip(values, devices_):
+    with tf.device(device):
+      sums.append(collective_ops.all_reduce(
+          tf.convert_to_tensor(value), len(devices_), group_key,
+          instance_key, 'Add', 'Id'))
+  return sums
+
+
+class CrossReplicaSums(object):
+  """The cross-replica sums of the replicas built inside `recording()`.
+
+  With `collective` (a cluster's replicas) each sum is a collective
+  all-reduce; else the add_n of every replica's input on the first
+  replica's device, copied to each."""
+
+  def __init__(self, count, devices_, collective=False):
     self._count = count
     self._devices = devices_
+    self._collective = collective
     self._by_replica = []
 
   @contextlib.contextmanager
@@ -227,12 +251,17 @@ class CrossReplicaSums(object):
                        'the same graph in every replica' % counts)
     if self._count == 1:
       return
-    for sums in zip(*self._by_replica):
-      with tf.device(self._devices[0]):
-        total = tf.add_n([tf.convert_to_tensor(value) for value, _ in sums])
+    for instance, sums in enumerate(zip(*self._by_replica)):
+      if self._collective:
+        totals = collective_sum([value for value, _ in sums], self._devices,
+                                COLLECTIVE_GROUP_KEY, instance + 1)
+      else:
+        with tf.device(self._devices[0]):
+          total = tf.add_n([tf.convert_to_tensor(value) for value, _ in sums])
+        totals = [total] * self._count
       for index, (_, stand_in) in enumerate(sums):
         with tf.device(self._devices[index]):
-          local = tf.identity(total)
+          local = tf.identity(totals[index])
         for consumer in list(stand_in.consumers()):
           for position, tensor in enumerate(consumer.inputs):
             if tensor is stand_in:

@@ -73,7 +73,9 @@ class Training(object):
         lambda features, labels, mode: estimator._call_model_fn(
             features, labels, mode, params),
         device, check_nan_loss=config.check_nan_loss,
-        replica_devices=plan.devices)
+        replica_devices=plan.devices,
+        # Across workers the sums are collective all-reduces.
+        collective=cluster is not None)
     # Before anything is written to model_dir.
     model_dir_lib.check_checkpoint_matches(estimator.latest_checkpoint(),
                                            v1.global_variables())
@@ -138,9 +140,7 @@ class Training(object):
       infeed.run_options = outfeed.run_options = feeding_options
     else:
       # A distributed session has no thread pool options.
-      session_config = v1.ConfigProto(allow_soft_placement=True)
-      if config.session_config is not None:
-        session_config.CopyFrom(config.session_config)
+      session_config = peers.server_config(config.session_config)
       self._loop_options = None
     self._fetch = device_loop.train_op
     master = ''

@@ -7,6 +7,7 @@ chief writes; a lost worker stops the chief within 60 s naming it, and a
 restart resumes exactly; a worker alone gives up within its timeout; no
 port still listens after any of these runs.
 """
+import glob
 import json
 import os
 import signal
@@ -135,6 +136,15 @@ def assert_same_variables(got, expected):
                                err_msg=name)
 
 
+def _meta_graph_def(model_dir):
+  from tensorflow.core.protobuf import meta_graph_pb2  # pylint: disable=g-import-not-at-top
+  meta = meta_graph_pb2.MetaGraphDef()
+  path = sorted(glob.glob(os.path.join(str(model_dir), '*.meta')))[0]
+  with open(path, 'rb') as f:
+    meta.ParseFromString(f.read())
+  return meta.graph_def
+
+
 def test_two_workers_train_as_two_replicas_and_only_the_chief_writes(
     tmp_path):
   ports = free_ports(2)
@@ -155,6 +165,19 @@ def test_two_workers_train_as_two_replicas_and_only_the_chief_writes(
       v1.train.latest_checkpoint(str(tmp_path / 'chief_dir')))]
   assert len([k for k in keys if k.startswith(
       'hookestimator/input_position/worker_')]) == 2
+  # The meta graph the chief wrote: gradients summed by collective
+  # all-reduces on both tasks, and every op that writes a file on the
+  # chief.
+  graph_def = _meta_graph_def(tmp_path / 'chief_dir')
+  reduces = [n.device for n in graph_def.node if n.op.startswith(
+      'CollectiveReduce')]
+  reduces += [n.device for f in graph_def.library.function
+              for n in f.node_def if n.op.startswith('CollectiveReduce')]
+  assert any('/job:worker/task:0' in d for d in reduces), reduces
+  assert any('/job:chief/task:0' in d for d in reduces), reduces
+  writers = [n for n in graph_def.node if n.op in (
+      'SaveV2', 'MergeV2Checkpoints', 'WriteFile', 'WriteSummary')]
+  assert writers and all('/job:chief/task:0' in n.device for n in writers)
 
 
 def test_every_task_runs_the_same_command(tmp_path):
