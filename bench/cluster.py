@@ -62,7 +62,6 @@ def child(cluster, hidden, steps, allreduce_steps):
   import tempfile  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import hookestimator as he  # pylint: disable=g-import-not-at-top
-  from hookestimator import peers  # pylint: disable=g-import-not-at-top
   from hookestimator.models import digits_mlp  # pylint: disable=g-import-not-at-top
   v1 = tf.compat.v1
   model = digits_mlp.digits_mlp(hidden_units=(hidden,), seed=1)
@@ -72,75 +71,71 @@ def child(cluster, hidden, steps, allreduce_steps):
                         log_step_count_steps=10 ** 6, cluster=cluster)
   workers = config.cluster.num_workers if config.cluster else 1
   parameters = 64 * hidden + hidden + hidden * 10 + 10
-  allreduce_ms = 0.0
-  if config.cluster is not None and config.cluster.is_chief:
-    allreduce_ms = _time_allreduce(v1, tf, peers, config, parameters,
-                                   allreduce_steps)
   times = []
+  allreduce_ms = []
 
   class LoopTimes(v1.train.SessionRunHook):
 
     def after_run(self, run_context, run_values):
       times.append(time.monotonic())
+  hooks = [LoopTimes()]
+  if config.cluster is not None:
+    hooks.append(_AllReduceTimer(v1, tf, config.cluster, parameters,
+                                 allreduce_steps, allreduce_ms))
   estimator = he.HookEstimator(model.model_fn, config=config,
                                train_batch_size=PER_WORKER_BATCH * workers)
-  estimator.train(model.train_input_fn, max_steps=steps, hooks=[LoopTimes()])
+  estimator.train(model.train_input_fn, max_steps=steps, hooks=hooks)
   loops = len(times) - 1
   rate = (loops * ITERATIONS_PER_LOOP * PER_WORKER_BATCH * workers /
           (times[-1] - times[0]))
   print(json.dumps({'workers': workers, 'hidden': hidden,
                     'parameters': parameters, 'examples_per_sec': rate,
-                    'allreduce_ms': allreduce_ms,
+                    'allreduce_ms': allreduce_ms[0] if allreduce_ms else 0.0,
                     'bytes_per_step': 2 * (workers - 1) * 4 * parameters}))
 
 
-def _time_allreduce(v1, tf, peers, config, parameters, steps):
-  """ms per step of the cross-worker sum alone, as the training loop does
-  it (a collective all-reduce over the workers)."""
+def _AllReduceTimer(v1, tf, cluster, parameters, steps, out):
+  """A hook timing, in the training session before the first loop (every
+  worker connected), a loop of collective all-reduces of a gradient-sized
+  tensor over the workers, as the training step's sums are; appends ms a
+  step to `out`."""
   from hookestimator import replicas  # pylint: disable=g-import-not-at-top
-  cluster = config.cluster
-  server = peers.server(cluster, config.session_config)
-  graph = tf.Graph()
-  with graph.as_default():
-    hosts = [cluster.host_device(w) for w in range(cluster.num_workers)]
-    grads = []
-    for host in hosts:
-      with tf.device(host):
-        grads.append(v1.get_variable(
-            'grad_%d' % len(grads), [parameters], use_resource=True,
-            initializer=v1.ones_initializer(), trainable=False))
 
-    def body(i):
-      # A group of its own: the training's group has other shapes.
-      totals = replicas.collective_sum([g.read_value() for g in grads],
-                                       hosts, group_key=2, instance_key=1)
-      stores = []
-      for host, grad, total in zip(hosts, grads, totals):
+  class AllReduceTimer(v1.train.SessionRunHook):
+
+    def begin(self):
+      hosts = [cluster.host_device(w) for w in range(cluster.num_workers)]
+      grads = []
+      for host in hosts:
         with tf.device(host):
-          stores.append(grad.assign(total * 0.5))
-      with tf.control_dependencies(stores):
-        return i + 1
-    count = v1.placeholder(tf.int32, [])
-    with tf.device(hosts[0]):
-      loop = v1.while_loop(lambda i: i < count, body, [tf.constant(0)],
-                           parallel_iterations=1)
-    init = v1.global_variables_initializer()
-  with v1.Session(server.target, graph=graph) as session:
-    # The worker may not be up yet, or its channel to the chief still
-    # backing off after its first tries: try again for a while.
-    deadline = time.monotonic() + config.peer_timeout_secs
-    while True:
-      try:
-        session.run(init)
-        session.run(loop, {count: 10})
-        break
-      except tf.errors.UnavailableError:
-        if time.monotonic() > deadline:
-          raise
-        time.sleep(0.5)
-    start = time.monotonic()
-    session.run(loop, {count: steps})
-    return (time.monotonic() - start) * 1000.0 / steps
+          # Outside every collection: neither saved nor checked.
+          grads.append(v1.Variable(tf.ones([parameters]), collections=[],
+                                   use_resource=True, trainable=False,
+                                   name='allreduce_bench_%d' % len(grads)))
+
+      def body(i):
+        # A group of its own: the training's group has other shapes.
+        totals = replicas.collective_sum([g.read_value() for g in grads],
+                                         hosts, group_key=2, instance_key=1)
+        stores = []
+        for host, grad, total in zip(hosts, grads, totals):
+          with tf.device(host):
+            stores.append(grad.assign(total * 0.5))
+        with tf.control_dependencies(stores):
+          return i + 1
+      self._count = v1.placeholder(tf.int32, [])
+      with tf.device(hosts[0]):
+        self._loop = v1.while_loop(lambda i: i < self._count, body,
+                                   [tf.constant(0)], parallel_iterations=1)
+      self._init = [g.initializer for g in grads]
+
+    def after_create_session(self, session, coord):
+      session.run(self._init)
+      session.run(self._loop, {self._count: 10})
+      start = time.monotonic()
+      session.run(self._loop, {self._count: steps})
+      out.append((time.monotonic() - start) * 1000.0 / steps)
+  return AllReduceTimer()
 
 
 def _run(argv, tf_config_value=None):
