@@ -172,7 +172,8 @@ class _Link(object):
       return False
 
   def close(self):
-    self.session.close()
+    if self.session is not None:
+      self.session.close()
 
 
 def connect(links, timeout):

@@ -1,6 +1,8 @@
 """Real models as (model_fn, input_fn) factories, configured with gin."""
 import collections
 
+from tensorflow.python.tpu import tpu_function
+
 # What a model factory returns: the model_fn, the input_fns for training
 # and held-out evaluation (each `input_fn(params)`), and the model's name.
 Model = collections.namedtuple(
@@ -16,3 +18,11 @@ def shard(dataset, params):
     return dataset
   return dataset.shard(context.num_input_pipelines,
                        context.input_pipeline_id)
+
+
+def replicated():
+  """Whether model_fn is being built as one of several replicas (inside
+  TPU's shard context with more than one shard, as hookestimator builds
+  each replica), so that its gradients must be summed over them."""
+  shards = tpu_function.get_tpu_context().number_of_shards
+  return shards is not None and shards > 1

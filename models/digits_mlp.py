@@ -11,6 +11,7 @@ import tensorflow as tf
 import hookestimator as he
 from hookestimator.config import check_positive_int
 from hookestimator.models import Model
+from hookestimator.models import replicated
 from hookestimator.models import shard
 from hookestimator.models.layers import dense
 
@@ -62,10 +63,11 @@ def make_model_fn(hidden_units, learning_rate, seed=None):
         return {'accuracy': v1.metrics.accuracy(labels, predicted)}
       return he.HookEstimatorSpec(mode=mode, loss=loss,
                                   eval_metrics=(metric_fn, [labels, predicted]))
-    # Sums the gradients over the replicas (the identity with one).
-    train_op = v1.tpu.CrossShardOptimizer(
-        v1.train.AdamOptimizer(learning_rate)).minimize(
-            loss, global_step=v1.train.get_global_step())
+    optimizer = v1.train.AdamOptimizer(learning_rate)
+    if replicated():  # The gradients of the global batch.
+      optimizer = v1.tpu.CrossShardOptimizer(optimizer)
+    train_op = optimizer.minimize(loss,
+                                  global_step=v1.train.get_global_step())
     correct = tf.cast(tf.equal(predicted, labels), tf.float32)
 
     def host_call(correct):

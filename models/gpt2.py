@@ -20,6 +20,7 @@ import tensorflow as tf
 
 import hookestimator as he
 from hookestimator.models import Model
+from hookestimator.models import replicated
 from hookestimator.models import shard
 from hookestimator.models.layers import dense, gelu, layer_norm
 
@@ -156,11 +157,14 @@ def make_model_fn(num_layers, d_model, num_heads, seq_len, learning_rate,
     lr = learning_rate_schedule(global_step, learning_rate, warmup_steps,
                                 decay_steps, final_lr_ratio)
     optimizer = v1.train.AdamOptimizer(lr, beta2=0.99)
-    # The gradients of the global batch (summed over the replicas, each
-    # loss scaled by 1 / replicas; unchanged with one), clipped together.
-    grads, variables = zip(*v1.tpu.CrossShardOptimizer(
-        optimizer).compute_gradients(loss))
-    grads = [he.cross_replica_sum(g) for g in grads]
+    if replicated():
+      # The gradients of the global batch (each replica's loss scaled by
+      # 1 / replicas, summed over them), clipped together.
+      grads, variables = zip(*v1.tpu.CrossShardOptimizer(
+          optimizer).compute_gradients(loss))
+      grads = [he.cross_replica_sum(g) for g in grads]
+    else:
+      grads, variables = zip(*optimizer.compute_gradients(loss))
     grads, _ = tf.clip_by_global_norm(grads, clip_norm)
     train_op = optimizer.apply_gradients(zip(grads, variables),
                                          global_step=global_step)

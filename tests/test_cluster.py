@@ -327,11 +327,35 @@ def test_sigterm_to_the_chief_checkpoints_and_stops_every_task(tmp_path):
     ({'cluster': {'chief': ['a:1'], 'worker': ['b:2']}},
      'needs a "task"'),
     ('{not json', 'not valid JSON'),
+    ({'cluster': {'chief': ['a:1'], 'worker': ['a:1']},
+      'task': {'type': 'chief'}}, 'must be distinct'),
 ])
 def test_bad_clusters_are_refused_naming_the_bad_value(value, message):
   with pytest.raises((ValueError, TypeError)) as raised:
     config_lib.RunConfig(cluster=value)
   assert message in str(raised.value)
+
+
+@pytest.mark.parametrize('timeout', [0, -1, 'soon', None])
+def test_a_bad_peer_timeout_is_refused(timeout):
+  with pytest.raises((ValueError, TypeError)) as raised:
+    config_lib.RunConfig(peer_timeout_secs=timeout)
+  assert 'peer_timeout_secs' in str(raised.value)
+
+
+def test_the_command_runs_only_train_on_a_cluster(tmp_path, monkeypatch,
+                                                  capsys):
+  import gin  # pylint: disable=g-import-not-at-top
+  from hookestimator import main as main_lib  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('TF_CONFIG', tf_config([2000, 2001], 'chief'))
+  gin.clear_config()
+  try:
+    code = main_lib.main(['evaluate', '--model_dir=%s' % tmp_path,
+                          '--gin_file=runs/digits_mlp.gin'])
+  finally:
+    gin.clear_config()
+  assert code == main_lib.EXIT_CONFIG_ERROR
+  assert 'evaluate does not run on a cluster' in capsys.readouterr().err
 
 
 def test_tf_config_gives_the_task_and_its_devices():
