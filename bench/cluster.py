@@ -115,8 +115,9 @@ def _AllReduceTimer(v1, tf, cluster, parameters, steps, out):
 
       def body(i):
         # A group of its own: the training's group has other shapes.
-        totals = replicas.collective_sum([g.read_value() for g in grads],
-                                         hosts, group_key=2, instance_key=1)
+        totals = replicas.collective_sum(
+            [g.read_value() for g in grads], hosts, group_key=2,
+            instance_key=replicas.next_instance_key())
         stores = []
         for host, grad, total in zip(hosts, grads, totals):
           with tf.device(host):

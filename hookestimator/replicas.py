@@ -19,6 +19,7 @@ TPU's shard context with N shards, so CrossShardOptimizer scales its loss
 by 1/N (its MEAN reduction) as on a TPU.
 """
 import contextlib
+import itertools
 
 import tensorflow as tf
 from tensorflow.python.ops import collective_ops
@@ -174,6 +175,14 @@ def concat_outfed(per_replica, weights):
 
 # The collective group of a cluster's replicas (one group: every replica).
 COLLECTIVE_GROUP_KEY = 1
+# Collective instance keys, unique in the process: a server keeps each
+# instance's shape for its lifetime (across groups on TF 1.15).
+_instance_keys = itertools.count(1)
+
+
+def next_instance_key():
+  """A collective instance key no graph of this process used before."""
+  return next(_instance_keys)
 
 
 def collective_sum(values, devices_, group_key, instance_key):
@@ -251,10 +260,10 @@ class CrossReplicaSums(object):
                        'the same graph in every replica' % counts)
     if self._count == 1:
       return
-    for instance, sums in enumerate(zip(*self._by_replica)):
+    for sums in zip(*self._by_replica):
       if self._collective:
         totals = collective_sum([value for value, _ in sums], self._devices,
-                                COLLECTIVE_GROUP_KEY, instance + 1)
+                                COLLECTIVE_GROUP_KEY, next_instance_key())
       else:
         with tf.device(self._devices[0]):
           total = tf.add_n([tf.convert_to_tensor(value) for value, _ in sums])
