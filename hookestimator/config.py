@@ -173,8 +173,8 @@ class RunConfig(object):
     return ('RunConfig(model_dir=%r, iterations_per_loop=%d, '
             'save_checkpoints_steps=%r, save_checkpoints_secs=%r, '
             'keep_checkpoint_max=%d, log_step_count_steps=%d, device=%r, '
-            'num_replicas=%d)' % (
+            'num_replicas=%d, cluster=%r)' % (
                 self.model_dir, self.iterations_per_loop,
                 self.save_checkpoints_steps, self.save_checkpoints_secs,
                 self.keep_checkpoint_max, self.log_step_count_steps,
-                self.device, self.num_replicas))
+                self.device, self.num_replicas, self.cluster))

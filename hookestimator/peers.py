@@ -248,8 +248,13 @@ class ChiefPeers(object):
 
   def _watch(self):
     while not self._stop_watching.wait(WATCH_SECS):
-      lost = self.lost()
+      # Twice in a row, so that a probe slowed by a busy machine is not a
+      # lost task.
+      lost = self._not_answering()
       if lost:
+        lost = [name for name in self._not_answering() if name in lost]
+      if lost:
+        lost = self._record_lost(lost)
         message = lost_message(lost)
         self.post(EXIT_LOST, message)
         end_process_after(EXIT_GRACE_SECS, message)
@@ -261,10 +266,16 @@ class ChiefPeers(object):
       self._watching.join(PROBE_SECS * 2)
 
   def lost(self):
-    """The names of the workers that do not answer now."""
-    lost = [link.name for link in self._links if not link.alive()]
+    """The names of the workers that do not answer now (and of those
+    found lost before)."""
+    return self._record_lost(self._not_answering())
+
+  def _not_answering(self):
+    return [link.name for link in self._links if not link.alive()]
+
+  def _record_lost(self, names):
     with self._lock:
-      self._lost.extend(n for n in lost if n not in self._lost)
+      self._lost.extend(n for n in names if n not in self._lost)
       return list(self._lost)
 
   def close_links(self):
@@ -366,14 +377,18 @@ def serve_worker(cluster, server_, timeout):
   except (LostTaskError, tf.errors.OpError) as error:
     _exit(EXIT_LOST, 'Worker %s: %s' % (name, _first_line(error)))
   log.info('Worker %s serves the chief %s', name, chief.name)
+  slow_probes = 0
   while True:
     try:
       message = chief.session.run(take, options=_timeout(POLL_SECS))
     except tf.errors.DeadlineExceededError:
-      if chief.alive():
+      # No message yet. Lost after two probes in a row that get no
+      # answer in PROBE_SECS (one may be slowed by a busy machine).
+      slow_probes = 0 if chief.alive() else slow_probes + 1
+      if slow_probes < 2:
         continue
       message = None
-    except tf.errors.OpError:
+    except tf.errors.OpError:  # Unreachable: the chief is gone.
       message = None
     if message is None:
       end_process_after(EXIT_GRACE_SECS, 'Worker %s: %s' % (
