@@ -79,11 +79,13 @@ REPLICA_SYSTEMS = collections.OrderedDict([
 # this TensorFlow line has. Estimator needs tensorflow-estimator (TF 2.15 and
 # older); Keras Model.fit with steps_per_execution needs TF 2.
 SYSTEMS = {
-    'limit': ('the limit (bare while_loop)', '-', ('mlp', 'gpt2-tiny')),
+    'limit': ('the limit (bare while_loop)', '-',
+              ('mlp', 'gpt2-tiny', 'pipeline')),
     'hook1': ('hookestimator', '1', ('mlp', 'gpt2-tiny')),
     'hook10': ('hookestimator', '10', ('mlp', 'gpt2-tiny')),
     'hook100': ('hookestimator', '100',
-                ('mlp', 'gpt2-tiny', 'host_call', 'input-bound')),
+                ('mlp', 'gpt2-tiny', 'host_call', 'input-bound',
+                 'pipeline')),
     'hook1000': ('hookestimator', '1000', ('mlp',)),
     'input-alone': ('input alone', '-', ('input-bound',)),
     'replicas': ('hookestimator, 1 and 2 replicas', str(REPLICA_LOOP),
@@ -91,10 +93,10 @@ SYSTEMS = {
 }
 if common.HAS_ESTIMATOR:
   SYSTEMS['estimator'] = ('tf.estimator.Estimator', '-',
-                          ('mlp', 'gpt2-tiny', 'input-bound'))
+                          ('mlp', 'gpt2-tiny', 'input-bound', 'pipeline'))
 if compat.IS_TF2:
   SYSTEMS['keras1'] = ('Keras Model.fit', '1', ('mlp',))
-  SYSTEMS['keras100'] = ('Keras Model.fit', '100', ('mlp',))
+  SYSTEMS['keras100'] = ('Keras Model.fit', '100', ('mlp', 'pipeline'))
 
 
 # ----------------------------------------------------------------- workloads
@@ -196,6 +198,14 @@ def expensive_input_fn(params):
       transform)
 
 
+def per_example_input_fn(params):
+  """The MLP's data as users' pipelines read it: single examples batched
+  on the fly, then prefetched."""
+  return tf.data.Dataset.from_tensor_slices(common.DATA).repeat().batch(
+      params['batch_size'], drop_remainder=True).prefetch(
+          tf.data.experimental.AUTOTUNE)
+
+
 def gpt2_workload():
   from hookestimator.models import gpt2  # pylint: disable=g-import-not-at-top
   model = gpt2.gpt2(**GPT2_TINY)
@@ -254,6 +264,8 @@ def make_workload(name):
                     mlp_batches)
   if name == 'input-bound':
     return Workload(name, BATCH_SIZE, mlp_step, expensive_input_fn, None)
+  if name == 'pipeline':  # The limit reads this pipeline inside its loop.
+    return Workload(name, BATCH_SIZE, mlp_step, per_example_input_fn, None)
   if name == 'gpt2-tiny':
     return gpt2_workload()
   raise ValueError('unknown workload %r' % name)
@@ -410,14 +422,16 @@ def _in_loop_scope():
 
 
 class LimitRunner(object):
-  """The same training step in one bare while_loop over batches held as
-  constants in the graph: no input pipeline, no hooks, no host round trips;
-  one session.run per train, the step count fed."""
+  """The same training step in one bare while_loop: no hooks, no host round
+  trips; one session.run per train, the step count fed. The loop reads
+  batches held as constants in the graph (no input pipeline) where the
+  workload has them, else (the pipeline workload) the workload's own
+  pipeline, one get_next per step."""
 
   def __init__(self, workload, model_dir):
     del model_dir
-    features, labels = workload.batches()
     self._graph = tf.Graph()
+    init = []
     with self._graph.as_default():
       self._global_step = v1.get_variable(
           v1.GraphKeys.GLOBAL_STEP, shape=[], dtype=tf.int64,
@@ -425,20 +439,27 @@ class LimitRunner(object):
           use_resource=True,
           collections=[v1.GraphKeys.GLOBAL_VARIABLES,
                        v1.GraphKeys.GLOBAL_STEP])
-      all_features = tf.constant(features)
-      all_labels = tf.constant(labels)
+      if workload.batches is None:
+        iterator = v1.data.make_initializable_iterator(
+            workload.input_fn({'batch_size': workload.batch_size}))
+        init.append(iterator.initializer)
+        batch = lambda i: iterator.get_next()
+      else:
+        features, labels = workload.batches()
+        all_features = tf.constant(features)
+        all_labels = tf.constant(labels)
+        batch = lambda i: (all_features[i % len(labels)],
+                           all_labels[i % len(labels)])
       self._count = v1.placeholder(tf.int32, [], name='count')
 
       def body(i):
-        index = i % len(labels)
-        _, train_op, _ = workload.step(all_features[index],
-                                       all_labels[index])
+        _, train_op, _ = workload.step(*batch(i))
         with tf.control_dependencies([train_op]):
           return i + 1
       with _in_loop_scope():
         self._loop = v1.while_loop(lambda i: i < self._count, body,
                                    [tf.constant(0)], parallel_iterations=1)
-      init = v1.global_variables_initializer()
+      init.append(v1.global_variables_initializer())
     self._session = v1.Session(graph=self._graph)
     self._session.run(init)
 

@@ -115,8 +115,10 @@ from bench.common import describe_machine, require_positive  # noqa: E402
 from bench.peer_systems import REPLICA_SYSTEMS, SYSTEMS  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKLOADS = ('mlp', 'gpt2-tiny', 'replicas', 'host_call', 'input-bound',
-             'memory')
+WORKLOADS = ('mlp', 'pipeline', 'gpt2-tiny', 'replicas', 'host_call',
+             'input-bound', 'memory')
+# The workloads measured by systems of their own, in round-robin order.
+MEASURED_ORDER = ('mlp', 'pipeline', 'host_call', 'input-bound', 'gpt2-tiny')
 # The workloads with replica rows (--workloads replicas).
 REPLICA_WORKLOADS = ('mlp', 'gpt2-tiny')
 
@@ -124,6 +126,7 @@ REPLICA_WORKLOADS = ('mlp', 'gpt2-tiny')
 # In a full run a system's B is at least its loop size, so loops are full.
 STEPS = {
     'mlp': ((1000, 1000, 10000), (100, 100, 1000)),
+    'pipeline': ((1000, 1000, 10000), (100, 100, 1000)),
     'host_call': ((1000, 1000, 10000), (100, 100, 1000)),
     'input-bound': ((1000, 1000, 5000), (100, 100, 500)),
     'gpt2-tiny': ((20, 10, 100), (10, 10, 10)),
@@ -155,6 +158,7 @@ def measured_pairs(workloads):
   systems = {
       'mlp': ['limit', 'estimator', 'keras1', 'keras100', 'hook1', 'hook10',
               'hook100', 'hook1000'],
+      'pipeline': ['limit', 'estimator', 'keras100', 'hook100'],
       'host_call': ['hook100'],
       'input-bound': ['input-alone', 'hook100', 'estimator'],
       'gpt2-tiny': ['limit', 'estimator', 'hook1', 'hook10', 'hook100'],
@@ -162,14 +166,13 @@ def measured_pairs(workloads):
   needs = {'host_call': [('mlp', 'hook100')],
            'input-bound': [('mlp', 'limit')]}
   pairs = []
-  for workload in ('mlp', 'host_call', 'input-bound', 'gpt2-tiny'):
+  for workload in MEASURED_ORDER:
     if workload in workloads:
       wanted = [(workload, s) for s in systems[workload] if s in SYSTEMS]
       for pair in needs.get(workload, []) + wanted:
         if pair not in pairs:
           pairs.append(pair)
-  order = {w: i for i, w in enumerate(('mlp', 'host_call', 'input-bound',
-                                       'gpt2-tiny'))}
+  order = {w: i for i, w in enumerate(MEASURED_ORDER)}
   pairs = sorted(pairs, key=lambda pair: order[pair[0]])
   # Last, each workload's replica rows: one system serves them all.
   if 'replicas' in workloads:

@@ -1,21 +1,32 @@
-"""Infeed and outfeed queues per device kind, and the host-side enqueue loop.
+"""The infeed and outfeed per device kind and feeding path.
 
-On CPU and GPU both feeds are FIFOQueues placed on the host CPU; on TPU
-they are the hardware infeed and outfeed. The
-infeed's `enqueue_loop` moves `count` batches from the dataset iterator into
-the queue in ONE session.run (a host-side while_loop); the device loop
-dequeues one batch per step. The outfeed carries each step's values back,
-and `dequeue_up_to(count)` takes a whole loop's worth in one session.run.
+Two ways to feed the device loop:
+- 'in_loop' (the default on CPU and GPU): the loop reads the dataset's
+  iterator itself, one batch per step, from a prefetch buffer that
+  tf.data fills in its own threads while the device computes. No feeding
+  thread and no queue: the fastest path (bench.peers).
+- 'infeed_thread' (always on TPU; on CPU and GPU when asked): an infeed
+  controller thread moves `count` batches from the iterator into the
+  infeed in ONE session.run (a host-side while_loop) per loop, and the
+  loop dequeues one batch per step. On CPU and GPU the infeed is a
+  FIFOQueue placed on the host CPU; on TPU it is the hardware infeed.
+
+Either way the outfeed carries each step's values back (a host FIFOQueue,
+or the TPU's hardware outfeed), and `dequeue_up_to(count)` takes many
+steps' worth in one session.run.
 """
 import logging
 
 import tensorflow as tf
 
 from hookestimator.compat import DatasetBase, v1
+from hookestimator.config import FEEDING_PATHS
 
 log = logging.getLogger(__name__)
 
 HOST_DEVICE = '/device:CPU:0'
+# The feeding paths (RunConfig.feeding).
+IN_LOOP, INFEED_THREAD = FEEDING_PATHS
 # Batches buffered ahead of the device loop. The infeed thread fills the
 # queue while the device computes, so a few batches are enough to overlap.
 INFEED_CAPACITY = 8
@@ -135,8 +146,50 @@ def _flat_paths(structure, prefix=('features', 'labels')):
   return names
 
 
+class InLoopInfeed(object):
+  """The dataset iterator, read inside the device loop, one batch per step.
+
+  A prefetch buffer of INFEED_CAPACITY batches, filled by tf.data's own
+  threads, overlaps the input with the loop's compute as the infeed
+  thread does. The checkpointed input position is the iterator's state,
+  its buffer included, so it stays exact. At the end of input the loop's
+  read fails with OutOfRangeError after the steps before it have run, as
+  a closed infeed queue's dequeue does.
+  """
+
+  # No feeding thread: the InfeedOutfeedHook starts no infeed controller.
+  feeds_from_thread = False
+
+  def __init__(self, dataset):
+    types, shapes = dataset_structure(dataset)
+    self._structure = shapes
+    self._shapes = tf.nest.flatten(shapes)
+    with tf.device(HOST_DEVICE), v1.name_scope('infeed'):
+      self._iterator = v1.data.make_initializable_iterator(
+          dataset.prefetch(INFEED_CAPACITY))
+    self.initializer = self._iterator.initializer
+    # No queue to close: nothing waits on the input but the loop itself.
+    self.close_op = None
+    # Set by the feeding hook when a loop ended at the end of input.
+    self.input_ended = False
+    self.run_options = None
+
+  def dequeue(self):
+    """One batch as (features, labels), for use inside the device loop."""
+    with tf.device(HOST_DEVICE):
+      flat = tf.nest.flatten(self._iterator.get_next())
+    for tensor, shape in zip(flat, self._shapes):
+      tensor.set_shape(shape)
+    return tf.nest.pack_sequence_as(self._structure, flat)
+
+  def release_session(self):
+    pass
+
+
 class HostInfeed(object):
   """The dataset iterator, the infeed queue and the enqueue loop."""
+
+  feeds_from_thread = True
 
   def __init__(self, dataset):
     types, shapes = dataset_structure(dataset)
@@ -337,8 +390,28 @@ class TpuOutfeed(HostOutfeed):
     self.cancel_op = None
 
 
-def make_feeds(kind, dataset):
-  """The (infeed, outfeed) pair for device kind 'cpu', 'gpu' or 'tpu'."""
+def make_feeds(kind, dataset, feeding=IN_LOOP):
+  """The (infeed, outfeed) pair for device kind 'cpu', 'gpu' or 'tpu' and
+  feeding path `feeding` (the TPU has only its infeed thread)."""
   if kind == 'tpu':
     return TpuInfeed(dataset), TpuOutfeed()
-  return HostInfeed(dataset), HostOutfeed()
+  if feeding == IN_LOOP:
+    return InLoopInfeed(dataset), HostOutfeed()
+  if feeding == INFEED_THREAD:
+    return HostInfeed(dataset), HostOutfeed()
+  raise ValueError('feeding must be one of %r, got %r' % (FEEDING_PATHS,
+                                                          feeding))
+
+
+def end_ops(infeed, outfeed):
+  """(drain_ops, cancel_ops) of a pair of feeds, for InfeedOutfeedHook:
+  the ops that close the queues at the end, letting the host drain them,
+  and those that also unblock every pending queue op on an error.
+  cancel_ops is None for the TPU's hardware feeds, which no op can
+  close (an error closes the session instead)."""
+  if outfeed.cancel_op is None:
+    return (), None
+  drain = [op for op in (infeed.close_op, outfeed.close_op) if op is not None]
+  cancel = [op for op in (infeed.close_op, outfeed.cancel_op)
+            if op is not None]
+  return drain, cancel

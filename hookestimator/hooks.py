@@ -132,7 +132,10 @@ class InfeedOutfeedHook(v1.train.SessionRunHook):
 
   `infeed.run_loop(session, count)` and `reader.read_loop(session, count)`
   are the controllers' work for one loop; `reader.flush(session)` runs once
-  both have stopped. At the end `drain_ops` close the queues so that the
+  both have stopped. An infeed the loop reads itself
+  (`infeed.feeds_from_thread` false) gets no controller; when a loop ends
+  the run without finishing (the end of its input), the hook sets its
+  `input_ended`. At the end `drain_ops` close the queues so that the
   outfeed thread takes what is left and stops (a loop cut short by the end
   of input sends fewer steps than signalled); on an error `cancel_ops` also
   unblock any pending queue op. `cancel_ops=None` says no op can unblock
@@ -167,6 +170,7 @@ class InfeedOutfeedHook(v1.train.SessionRunHook):
     self._unread_steps = 0
     self._infeed_controller = None
     self._outfeed_controller = None
+    self._loop_running = False
     self._session = None
     self._cancels_on_error = False
 
@@ -180,9 +184,12 @@ class InfeedOutfeedHook(v1.train.SessionRunHook):
     self.join()
     self._session = session
     self._unread_steps = 0
-    self._infeed_controller = Controller(
-        'InfeedController', lambda count: self._infeed.run_loop(session, count),
-        self._rendezvous).start()
+    self._loop_running = False
+    if self._infeed.feeds_from_thread:
+      self._infeed_controller = Controller(
+          'InfeedController',
+          lambda count: self._infeed.run_loop(session, count),
+          self._rendezvous).start()
     self._outfeed_controller = Controller(
         'OutfeedController',
         lambda count: self._reader.read_loop(session, count),
@@ -190,7 +197,9 @@ class InfeedOutfeedHook(v1.train.SessionRunHook):
 
   def before_run(self, run_context):
     count = self._loop_state.iterations
-    self._infeed_controller.signal(count)
+    if self._infeed_controller is not None:
+      self._infeed_controller.signal(count)
+    self._loop_running = True
     self._unread_steps += count
     if self._unread_steps >= self._outfeed_batch_steps:
       self._signal_outfeed()
@@ -200,7 +209,15 @@ class InfeedOutfeedHook(v1.train.SessionRunHook):
       self._outfeed_controller.signal(self._unread_steps)
       self._unread_steps = 0
 
+  def after_run(self, run_context, run_values):
+    self._loop_running = False
+
   def end(self, session):
+    if self._loop_running:
+      # A loop that did not finish ends a run cleanly only at the end of
+      # its input (OutOfRangeError), which a loop reading its input
+      # itself learns only here.
+      self._infeed.input_ended = True
     self._signal_outfeed()
     if self._drain_ops:
       try:

@@ -113,26 +113,24 @@ class InferencePipeline(object):
   """
 
   def __init__(self, dataset, plan, device, call_model_fn, mode,
-               outfed_fn, reuse=None):
+               outfed_fn, feeding, reuse=None):
     """`plan`: a replicas.Plan; input_fn's batches have plan.input_batch
-    rows (where they have a batch axis), model_fn's plan.replica_batch."""
+    rows (where they have a batch axis), model_fn's plan.replica_batch.
+    `feeding`: the feeding path (RunConfig.feeding)."""
     self.pads = padding.check_input(dataset, plan.input_batch)
     with tf.device(feed.HOST_DEVICE):
       padded, self.has_labels = padding.pad_dataset(
           dataset, plan.input_batch, self.pads)
       padded = plan.replicate_input(padded)
     self.batch_size = plan.replica_batch
-    self.infeed, self.outfeed = feed.make_feeds(device.kind, padded)
+    self.infeed, self.outfeed = feed.make_feeds(device.kind, padded,
+                                                 feeding)
     self.loop = InferenceLoop(
         self.infeed, self.outfeed, call_model_fn, device, mode,
         lambda spec: outfed_fn(spec, self.pads, plan.replica_batch),
         reuse=reuse, replica_devices=plan.devices)
     # Hardware feeds (TPU) have no close ops: an error closes the session.
-    closable = self.infeed.close_op is not None
-    self.cancel_ops = ([self.infeed.close_op, self.outfeed.cancel_op]
-                       if closable else None)
-    self.drain_ops = ([self.infeed.close_op, self.outfeed.close_op]
-                      if closable else ())
+    self.drain_ops, self.cancel_ops = feed.end_ops(self.infeed, self.outfeed)
 
 
 class InferenceRun(object):
@@ -167,7 +165,7 @@ class InferenceRun(object):
       params = dict(estimator.params, batch_size=plan.replica_batch)
       pipeline = InferencePipeline(dataset, plan, device,
                                    model_caller(estimator, params), mode,
-                                   outfed)
+                                   outfed, config.feeding)
       self.rendezvous = ErrorRendezvous()
       reader = self._make_reader(pipeline.outfeed)
       spec = pipeline.loop.spec

@@ -64,7 +64,7 @@ class Training(object):
           input_fn, dict(estimator.params, batch_size=plan.input_batch))
       with tf.device(feed.HOST_DEVICE):
         dataset = plan.replicate_input(dataset)
-      infeed, outfeed = feed.make_feeds(device.kind, dataset)
+      infeed, outfeed = feed.make_feeds(device.kind, dataset, config.feeding)
     else:
       infeed = _worker_infeeds(estimator, input_fn, plan, cluster)
       outfeed = feed.HostOutfeed()
@@ -93,15 +93,14 @@ class Training(object):
         device_loop.spec, [infeed.initializer] + reader.init_ops +
         (extra.init_ops if extra else []) + [device_loop.mirrored.sync_op()])
     # Hardware feeds (TPU) have no close ops: an error closes the session.
-    closable = infeed.close_op is not None
-    cancel_ops = [infeed.close_op, outfeed.cancel_op] if closable else None
+    drain_ops, cancel_ops = feed.end_ops(infeed, outfeed)
     # Host queues are read in batches of steps; a hardware outfeed is read
     # loop by loop, as the TPU program fills it.
     feeding = hooks_lib.InfeedOutfeedHook(
         loop_state, infeed, reader, self._rendezvous,
-        drain_ops=[infeed.close_op, outfeed.close_op] if closable else (),
-        cancel_ops=cancel_ops,
-        outfeed_batch_steps=feed.OUTFEED_BATCH_STEPS if closable else 1,
+        drain_ops=drain_ops, cancel_ops=cancel_ops,
+        outfeed_batch_steps=(feed.OUTFEED_BATCH_STEPS if cancel_ops is not None
+                             else 1),
         session_holders=[infeed, outfeed])
     device_system = hooks_lib.DeviceSystemHook(
         device, close_ops=cancel_ops or (),

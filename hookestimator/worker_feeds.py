@@ -25,7 +25,8 @@ def input_context(worker, num_workers, num_replicas):
 
 class WorkerInfeeds(object):
   """The workers' HostInfeeds as one infeed: the interface the feeding
-  hook, the device loop and the checkpoint hook use.
+  hook, the device loop and the checkpoint hook use (fed by the infeed
+  thread, RunConfig's feeding='infeed_thread').
 
   Args:
     datasets: each worker's dataset, its elements [local_count, ...]
@@ -35,6 +36,8 @@ class WorkerInfeeds(object):
     save_device: the chief's CPU, where the checkpoint reads the input
       positions (workers write nothing).
   """
+
+  feeds_from_thread = True
 
   def __init__(self, datasets, devices, local_count, save_device):
     self.parts = []

@@ -97,10 +97,10 @@ def numpy_padded_loss(est, x, y, batch_size):
 
 
 def make(tmp_path, name='model', batch_size=8, iterations_per_loop=3,
-         model=model_fn, **kwargs):
+         model=model_fn, feeding=None, **kwargs):
   config = he.RunConfig(model_dir=str(tmp_path / name),
                         iterations_per_loop=iterations_per_loop,
-                        save_checkpoints_steps=1000)
+                        save_checkpoints_steps=1000, feeding=feeding)
   return he.HookEstimator(model, config=config, train_batch_size=batch_size,
                           **kwargs)
 

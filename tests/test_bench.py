@@ -69,6 +69,13 @@ def test_peers_quick(tmp_path):
       [limit] + estimator + [('hookestimator', '1'), ('hookestimator', '10'),
                              ('hookestimator', '100')])
   assert 'Note: No Keras rows' in out
+  # The per-example pipeline: the same pipeline in a bare while_loop, and
+  # every peer this line has.
+  assert [(row[0], row[1]) for row in _rows(out, 'pipeline')] == (
+      [limit] + estimator + ([('Keras Model.fit', '100')] if IS_TF2 else [])
+      + [('hookestimator', '100')])
+  for row in _rows(out, 'pipeline'):
+    assert len(row) == len(_header(out, 'pipeline')) and all(row), row
   # The replica rows: N = 1 and 2 at the same global batch, and the
   # unsummed reference that the all-reduce's share is measured against.
   replicas = _rows(out, 'replicas')
@@ -114,12 +121,17 @@ def test_peers_quick(tmp_path):
     expected_targets += [
         'mlp: hookestimator ipl 100 >= 3x tf.estimator.Estimator',
         'mlp: hookestimator ipl 1 >= 0.9x tf.estimator.Estimator']
+  expected_targets.append('pipeline: hookestimator ipl 100 >= 0.90x the '
+                          'limit (the same pipeline in a bare while_loop)')
+  if IS_TF2:
+    expected_targets.append('pipeline: hookestimator ipl 100 >= 1.0x Keras '
+                            'spe 100')
   expected_targets += [
       'gpt2-tiny: hookestimator ipl 100 >= 0.97x the limit',
       'replicas: mlp N=2 examples/sec >= 0.9x N=1 at the same global batch',
       'replicas: gpt2-tiny N=2 examples/sec >= 0.9x N=1 at the same global '
       'batch',
-      'host_call: cost <= 15%',
+      'host_call: cost <= 10%',
       'input-bound: hookestimator ipl 100 >= 0.85x min(input alone, '
       'compute alone)',
       'memory: RSS growth < 5%',
@@ -135,6 +147,7 @@ def test_peers_quick(tmp_path):
   text = markdown.read_text()
   assert text.startswith('TensorFlow %s' % tf.__version__)
   assert '### targets' in text and '### gpt2-tiny' in text
+  assert '### pipeline' in text
   assert '### replicas' in text
   assert (NO_ESTIMATOR_NOTE in text) == (not HAS_ESTIMATOR)
   assert figure.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

@@ -343,6 +343,17 @@ def test_a_bad_peer_timeout_is_refused(timeout):
   assert 'peer_timeout_secs' in str(raised.value)
 
 
+def test_a_cluster_is_fed_by_the_infeed_thread():
+  cluster = tf_config([2000, 2001], 'chief')
+  assert config_lib.RunConfig(cluster=cluster).feeding == 'infeed_thread'
+  assert config_lib.RunConfig().replace(cluster=cluster).feeding == (
+      'infeed_thread')
+  with pytest.raises(ValueError) as raised:
+    config_lib.RunConfig(cluster=cluster, feeding='in_loop')
+  assert "feeding='in_loop' cannot be honoured on a cluster" in str(
+      raised.value)
+
+
 def test_the_command_runs_only_train_on_a_cluster(tmp_path, monkeypatch,
                                                   capsys):
   import gin  # pylint: disable=g-import-not-at-top

@@ -288,7 +288,10 @@ class FakeInfeed(object):
   """run_loop records each count and its thread; raises `error` on loop
   number `fail_on_loop` (counted from 1)."""
 
+  feeds_from_thread = True
+
   def __init__(self, fail_on_loop=None, error=None):
+    self.input_ended = False
     self.counts = []
     self.threads = set()
     self.sessions = set()
@@ -360,6 +363,36 @@ def test_feeding_hook_signals_both_controllers_in_order_and_joins_at_end():
   # threads had done all their work and ended.
   assert session.runs == [['drain infeed', 'drain outfeed']]
   assert reader.flushes == [(id(session), [4, 4, 2], 0)]
+
+
+class InLoopFakeInfeed(FakeInfeed):
+  """An infeed the device loop reads itself: no thread may run it."""
+
+  feeds_from_thread = False
+
+
+@pytest.mark.parametrize('last_loop_finished', [True, False])
+def test_feeding_hook_starts_no_infeed_thread_for_an_in_loop_infeed(
+    last_loop_finished):
+  loop_state = loop_lib.LoopState()
+  infeed, reader = InLoopFakeInfeed(), FakeReader()
+  session = FakeSession()
+  hook = _feeding_hook(loop_state, infeed, reader, drain_ops=['drain'])
+  hook.after_create_session(session, v1.train.Coordinator())
+  try:
+    assert [t.name for t in _controller_threads()] == ['OutfeedController']
+    for size in [4, 4, 2]:
+      loop_state.iterations = size
+      hook.before_run(_run_context(None))
+      if size != 2 or last_loop_finished:
+        hook.after_run(_run_context(None), None)
+  finally:
+    hook.end(session)
+  assert _controller_threads() == []
+  assert infeed.counts == []
+  assert reader.counts == [4, 4, 2]
+  # A loop that ended the run unfinished met the end of its input.
+  assert infeed.input_ended is not last_loop_finished
 
 
 def test_feeding_hook_reads_the_outfeed_in_batches_of_steps():
@@ -452,6 +485,8 @@ def test_feeding_hook_abort_cancels_blocked_queue_ops_and_joins():
     seen = {'infeed': [], 'outfeed': []}
 
     class BlockedInfeed(object):
+
+      feeds_from_thread = True
 
       def run_loop(self, session, count):
         started['infeed'].set()

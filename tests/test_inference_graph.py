@@ -101,7 +101,8 @@ def test_tpu_inference_loop_is_one_program_between_hardware_feeds(mode,
     outfed = outfed()
     pipeline = InferencePipeline(
         models.dataset(20, 8), replicas.Plan('tpu', 1, 8, 'batch_size'),
-        device, lambda f, l, m: models.model_fn(f, l, m, {}), mode, outfed)
+        device, lambda f, l, m: models.model_fn(f, l, m, {}), mode, outfed,
+        'infeed_thread')
     if mode == 'eval':
       MetricsReader(pipeline.outfeed, outfed)
   assert_one_tpu_program_between_hardware_feeds(graph)

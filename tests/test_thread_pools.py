@@ -80,10 +80,11 @@ CALLS = {
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize('feeding', ['in_loop', 'infeed_thread'])
 @pytest.mark.parametrize('call', sorted(CALLS))
 def test_the_loop_and_the_feeding_threads_run_on_their_pools(
-    tmp_path, monkeypatch, call):
-  est = models.trained(tmp_path, steps=3)
+    tmp_path, monkeypatch, call, feeding):
+  est = models.trained(tmp_path, steps=3, feeding=feeding)
   config, loop_options, feeding_options = feed.session_pools(None)
   loop_pool = loop_options.inter_op_thread_pool
   feeding_pool = feeding_options.inter_op_thread_pool
@@ -95,7 +96,9 @@ def test_the_loop_and_the_feeding_threads_run_on_their_pools(
       (p.num_threads, p.global_name)
       for p in config.session_inter_op_thread_pool]]
   assert spy.pools('MainThread', loop=True) == {loop_pool}
-  assert spy.pools('InfeedController') == {feeding_pool}
+  # The loop reading its input itself has no infeed thread.
+  assert spy.pools('InfeedController') == (
+      {feeding_pool} if feeding == 'infeed_thread' else set())
   assert spy.pools('OutfeedController') == {feeding_pool}
 
 

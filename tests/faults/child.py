@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 import hookestimator as he
+from hookestimator.config import FEEDING_PATHS
 from tests.conftest import FailingHook
 
 v1 = tf.compat.v1
@@ -158,10 +159,11 @@ def live_threads():
                 type(t).__name__ != '_EventLoggerThread')
 
 
-def estimator(model_dir, params=None, iterations_per_loop=2, save_steps=2):
+def estimator(model_dir, params=None, iterations_per_loop=2, save_steps=2,
+              feeding=None):
   config = he.RunConfig(model_dir=model_dir,
                         iterations_per_loop=iterations_per_loop,
-                        save_checkpoints_steps=save_steps)
+                        save_checkpoints_steps=save_steps, feeding=feeding)
   return he.HookEstimator(model_fn, config=config, params=params,
                           train_batch_size=BATCH_SIZE)
 
@@ -175,11 +177,12 @@ ERROR_CASES = {
 }
 
 
-def run_errors(model_dir, cases):
+def run_errors(model_dir, cases, feeding):
   for name in cases:
     case = ERROR_CASES[name]
     probe = QueueProbe()
-    est = estimator(os.path.join(model_dir, name), case.get('params'))
+    est = estimator(os.path.join(model_dir, name), case.get('params'),
+                    feeding=feeding)
     start = time.monotonic()
     try:
       est.train(case.get('input_fn', ids_input_fn), steps=1000,
@@ -208,7 +211,7 @@ def kill_self_during_a_write(model_dir):
 def run_train(args):
   params = {'ballast': args.ballast} if args.ballast else None
   est = estimator(args.model_dir, params, args.iterations_per_loop,
-                  args.save_steps)
+                  args.save_steps, args.feeding)
   if args.kill_during_write:
     kill_self_during_a_write(args.model_dir)
   try:
@@ -233,10 +236,11 @@ def main(argv=None):
   parser.add_argument('--ballast', type=int, default=0)
   parser.add_argument('--loop-sleep', type=float, default=0.0)
   parser.add_argument('--kill-during-write', action='store_true')
+  parser.add_argument('--feeding', choices=FEEDING_PATHS, default=None)
   args = parser.parse_args(argv)
   v1.logging.set_verbosity(v1.logging.ERROR)
   if args.command == 'errors':
-    run_errors(args.model_dir, args.cases.split(','))
+    run_errors(args.model_dir, args.cases.split(','), args.feeding)
   else:
     run_train(args)
 

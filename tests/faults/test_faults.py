@@ -140,19 +140,25 @@ EXPECTED_ERRORS = {
 }
 
 
-@pytest.fixture(scope='module')
-def error_events(tmp_path_factory):
+# Feeding path -> the queues a training has (the loop reading its input
+# itself has no infeed queue).
+QUEUES = {'in_loop': ['outfeed_queue'],
+          'infeed_thread': ['infeed/infeed_queue', 'outfeed_queue']}
+
+
+@pytest.fixture(scope='module', params=sorted(QUEUES))
+def error_events(tmp_path_factory, request):
   model_dir = str(tmp_path_factory.mktemp('errors'))
-  child = Child('errors', model_dir)
+  child = Child('errors', model_dir, '--feeding', request.param)
   code, events = child.finish()
   assert code == 0, child.stderr[-3000:]
-  return model_dir, {event['case']: event for event in events}
+  return model_dir, request.param, {event['case']: event for event in events}
 
 
 @pytest.mark.timeout(200)
 @pytest.mark.parametrize('case', sorted(EXPECTED_ERRORS))
 def test_error_comes_out_with_its_type_and_message(error_events, case):
-  model_dir, events = error_events
+  model_dir, feeding, events = error_events
   event = events[case]
   error_type, message = EXPECTED_ERRORS[case]
   assert event['type'] == error_type, event
@@ -160,7 +166,7 @@ def test_error_comes_out_with_its_type_and_message(error_events, case):
   assert event['seconds'] < DEADLINE_SECS
   assert event['threads'] == []
   closed = event['queues_closed']  # {queue name: closed}
-  assert len(closed) == 2 and all(closed.values()), closed
+  assert sorted(closed) == QUEUES[feeding] and all(closed.values()), closed
   steps, latest = checkpoint_steps(os.path.join(model_dir, case))
   assert latest == (steps[-1] if steps else None)
   if case in ('input_error', 'model_error', 'nan_loss'):
@@ -208,12 +214,14 @@ def test_signal_stops_at_a_consistent_step_with_a_checkpoint(tmp_path,
 # SIGKILL: the input position and the checkpoints survive.
 
 @pytest.mark.timeout(300)
-def test_sigkill_and_resume_reads_every_example_once_per_epoch(tmp_path):
+@pytest.mark.parametrize('feeding', sorted(QUEUES))
+def test_sigkill_and_resume_reads_every_example_once_per_epoch(tmp_path,
+                                                               feeding):
   model_dir = str(tmp_path / 'model')
   max_steps = 150  # 15 epochs of 10 steps
   args = ['train', model_dir, '--max-steps', max_steps,
           '--iterations-per-loop', 3, '--save-steps', 3,
-          '--loop-sleep', 0.02]
+          '--loop-sleep', 0.02, '--feeding', feeding]
   rng = random.Random(6)
   latest = None
   for _ in range(2):
