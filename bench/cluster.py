@@ -7,7 +7,8 @@ For each MLP size (digits_mlp with one hidden layer of H units) it runs
 1 worker (the chief alone, in its own process) and 2 workers (chief and
 worker, each a process with a TF server on a free 127.0.0.1 port), one
 replica each, at 64 examples per worker per step (the global batch grows
-with the workers). Each row reports:
+with the workers), both fed by the infeed thread (a cluster's only
+feeding path). Each row reports:
 
 - examples/sec: global examples per second over the loops after the first
   (the chief's hook times loop ends);
@@ -68,7 +69,9 @@ def child(cluster, hidden, steps, allreduce_steps):
   config = he.RunConfig(model_dir=tempfile.mkdtemp(prefix='bench_cluster_'),
                         iterations_per_loop=ITERATIONS_PER_LOOP,
                         save_checkpoints_steps=10 ** 6,
-                        log_step_count_steps=10 ** 6, cluster=cluster)
+                        log_step_count_steps=10 ** 6, cluster=cluster,
+                        # A cluster's feeding path, in both rows alike.
+                        feeding='infeed_thread')
   workers = config.cluster.num_workers if config.cluster else 1
   parameters = 64 * hidden + hidden + hidden * 10 + 10
   times = []
