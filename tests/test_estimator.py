@@ -95,11 +95,12 @@ def test_checkpoints_every_n_steps_at_loop_boundaries_and_keep_max(
   assert 'w' in est.get_variable_names()
 
 
-def test_end_of_input_stops_at_the_last_full_batch(make_estimator):
+@pytest.mark.parametrize('feeding', ['in_loop', 'infeed_thread'])
+def test_end_of_input_stops_at_the_last_full_batch(make_estimator, feeding):
   # 100 examples in batches of 8: 12 full batches, the rest dropped.
   def finite_input_fn(params):
     return dataset_of(100, params['batch_size'], repeat=False)
-  est = make_estimator(iterations_per_loop=5)
+  est = make_estimator(iterations_per_loop=5, feeding=feeding)
   recorder = StepRecorder()
   est.train(finite_input_fn, steps=1000, hooks=[recorder])
   assert est.get_variable_value('global_step') == 12
@@ -111,10 +112,11 @@ def test_end_of_input_stops_at_the_last_full_batch(make_estimator):
   assert framework_threads() == []
 
 
-def test_end_of_input_exactly_at_a_loop_boundary(make_estimator):
+@pytest.mark.parametrize('feeding', ['in_loop', 'infeed_thread'])
+def test_end_of_input_exactly_at_a_loop_boundary(make_estimator, feeding):
   def finite_input_fn(params):
     return dataset_of(80, params['batch_size'], repeat=False)
-  est = make_estimator(iterations_per_loop=5)
+  est = make_estimator(iterations_per_loop=5, feeding=feeding)
   est.train(finite_input_fn)
   assert est.get_variable_value('global_step') == 10
   assert sorted(read_scalars(est.model_dir)['loss']) == list(range(10))

@@ -4,6 +4,7 @@ import logging
 import re
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from hookestimator import input_position
@@ -23,19 +24,23 @@ def _ids(est, steps):
   return est.get_variable_value('ids_by_step')[:steps]
 
 
-def test_train_continues_the_data_stream_where_it_stopped(make_estimator):
-  est = _estimator(make_estimator)
+@pytest.mark.parametrize('feeding', ['in_loop', 'infeed_thread'])
+def test_train_continues_the_data_stream_where_it_stopped(make_estimator,
+                                                          feeding):
+  est = _estimator(make_estimator, feeding=feeding)
   est.train(child_lib.ids_input_fn, steps=7)
   est.train(child_lib.ids_input_fn, steps=8)
   np.testing.assert_array_equal(_ids(est, 15), child_lib.expected_ids(15))
   assert est.get_variable_names() == ['global_step', 'ids_by_step', 'w']
 
 
-def test_after_the_input_ended_the_next_train_starts_it_again(make_estimator):
+@pytest.mark.parametrize('feeding', ['in_loop', 'infeed_thread'])
+def test_after_the_input_ended_the_next_train_starts_it_again(
+    make_estimator, feeding):
   def one_epoch(params):
     return tf.data.Dataset.range(child_lib.NUM_IDS).map(
         lambda i: (i, i % 2)).batch(params['batch_size'], drop_remainder=True)
-  est = _estimator(make_estimator)
+  est = _estimator(make_estimator, feeding=feeding)
   est.train(one_epoch)
   est.train(one_epoch)
   epoch = np.arange(child_lib.NUM_IDS).reshape([-1, child_lib.BATCH_SIZE])
