@@ -7,6 +7,7 @@ from hookestimator.config import RunConfig
 from hookestimator.estimator import HookEstimator
 from hookestimator.model_dir import CheckpointMismatchError
 from hookestimator.nan import NanLossError
+from hookestimator.peers import LostTaskError
 from hookestimator.replicas import cross_replica_sum
 from hookestimator.signals import TrainingInterrupted
 from hookestimator.spec import EstimatorSpec
@@ -14,7 +15,7 @@ from hookestimator.spec import HookEstimatorSpec
 from hookestimator.spec import ModeKeys
 
 __all__ = ['CheckpointMismatchError', 'EstimatorSpec', 'HookEstimator',
-           'HookEstimatorSpec',
+           'HookEstimatorSpec', 'LostTaskError',
            'ModeKeys', 'NanLossError', 'RunConfig', 'TrainingInterrupted',
            'cross_replica_sum']
 __version__ = '0.1.0'

@@ -29,7 +29,7 @@ from tensorflow.python.training.saving import saveable_object_util
 
 from hookestimator import config as config_lib
 from hookestimator.compat import v1
-from hookestimator.input_position import InputPosition
+from hookestimator import input_position
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class Snapshot(object):
       # turns out not to be serializable, and one with it.
       self._savers = [_snapshot_saver(copies, saver.keep_checkpoint_max)]
       if input_position is not None:
-        copies[input_position.key] = input_position.saveable
+        copies.update(input_position.saveables)
         self._savers.append(_snapshot_saver(copies,
                                             saver.keep_checkpoint_max))
     self.saves_input = False
@@ -223,7 +223,7 @@ class CheckpointHook(v1.train.SessionRunHook):
     if reason is not None:
       log.info('Checkpoints are written on the training thread: %s.', reason)
       return
-    position = (InputPosition(self._infeed.initializer)
+    position = (input_position.for_infeed(self._infeed)
                 if self._infeed is not None else None)
     self._snapshot = Snapshot(self._scaffold.saver, position)
 

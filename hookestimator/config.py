@@ -2,6 +2,7 @@
 import numbers
 import os
 
+from hookestimator import cluster as cluster_lib
 from hookestimator.compat import v1
 
 DEVICE_KINDS = ('cpu', 'gpu', 'tpu')
@@ -65,12 +66,20 @@ class RunConfig(object):
       of `device`'s kind (on CPU, the session gets that many CPU devices).
       The batch sizes are global: each replica's model_fn and input_fn see
       params['batch_size'] = batch size / num_replicas.
+    cluster: the cluster this run spans, in TF_CONFIG's format (a dict or
+      JSON string with "cluster" and "task"), or a cluster.Cluster; None
+      reads the TF_CONFIG environment variable (no cluster when unset).
+      num_replicas replicas run on each worker; see docs/cluster.md.
+    peer_timeout_secs: how long a task of a cluster waits for the others
+      to answer when the run starts, before failing with the names of the
+      missing tasks.
     feeding: how the device loop gets its batches. 'in_loop' (the default
       on CPU and GPU): the loop reads the dataset's iterator itself, from a
       prefetch buffer filled by tf.data's threads; the fastest path.
       'infeed_thread' (the default, and the only path, on TPU): an infeed
       controller thread fills a queue that the loop reads, as TPUEstimator
-      feeds a TPU.
+      feeds a TPU. On a cluster only 'infeed_thread' (its default there):
+      the chief's infeed thread fills each worker's queue.
   """
 
   def __init__(self,
@@ -84,7 +93,9 @@ class RunConfig(object):
                device='cpu',
                check_nan_loss=True,
                num_replicas=1,
-               feeding=None):
+               feeding=None,
+               cluster=None,
+               peer_timeout_secs=60):
     if model_dir is not None:
       if not isinstance(model_dir, (str, os.PathLike)):
         raise TypeError('model_dir must be a path string or None, got %r' %
@@ -138,8 +149,18 @@ class RunConfig(object):
     if device == 'cpu' and self.num_replicas > 1:
       self.session_config = _with_cpu_devices(session_config,
                                               self.num_replicas)
+    self.cluster = (cluster_lib.from_environment() if cluster is None else
+                    cluster_lib.parse(cluster, 'RunConfig(cluster=...)'))
+    if self.cluster is not None and device == 'tpu':
+      raise ValueError("a cluster cannot run with device='tpu'; got "
+                       'cluster=%r' % (self.cluster,))
+    self.peer_timeout_secs = check_positive_number('peer_timeout_secs',
+                                                   peer_timeout_secs)
+    if self.peer_timeout_secs is None:
+      raise ValueError('peer_timeout_secs must be a positive number, got None')
     if feeding is None:
-      feeding = 'infeed_thread' if device == 'tpu' else 'in_loop'
+      feeding = ('infeed_thread' if device == 'tpu' or self.cluster is not None
+                 else 'in_loop')
     if feeding not in FEEDING_PATHS:
       raise ValueError('feeding must be one of %s, got %r' %
                        (', '.join(repr(p) for p in FEEDING_PATHS), feeding))
@@ -148,6 +169,11 @@ class RunConfig(object):
           "feeding=%r cannot be honoured with device='tpu': a TPU program "
           "reads only its hardware infeed, fed by the infeed thread "
           "(feeding='infeed_thread')" % feeding)
+    if self.cluster is not None and feeding != 'infeed_thread':
+      raise ValueError(
+          "feeding=%r cannot be honoured on a cluster: the chief's infeed "
+          "thread fills each worker's queue (feeding='infeed_thread')" %
+          feeding)
     self.feeding = feeding
 
   def replace(self, **changes):
@@ -164,10 +190,13 @@ class RunConfig(object):
         device=self.device,
         check_nan_loss=self.check_nan_loss,
         num_replicas=self.num_replicas,
-        feeding=self.feeding)
+        feeding=self.feeding,
+        cluster=self.cluster or '',
+        peer_timeout_secs=self.peer_timeout_secs)
     fields.update(changes)
-    if 'device' in changes and 'feeding' not in changes:
-      fields['feeding'] = None  # The new device's default.
+    if ('device' in changes or 'cluster' in changes) and (
+        'feeding' not in changes):
+      fields['feeding'] = None  # The new device's or cluster's default.
     if 'save_checkpoints_steps' in changes and 'save_checkpoints_secs' not in changes:
       fields['save_checkpoints_secs'] = None
     return RunConfig(**fields)
@@ -176,8 +205,8 @@ class RunConfig(object):
     return ('RunConfig(model_dir=%r, iterations_per_loop=%d, '
             'save_checkpoints_steps=%r, save_checkpoints_secs=%r, '
             'keep_checkpoint_max=%d, log_step_count_steps=%d, device=%r, '
-            'num_replicas=%d, feeding=%r)' % (
+            'num_replicas=%d, feeding=%r, cluster=%r)' % (
                 self.model_dir, self.iterations_per_loop,
                 self.save_checkpoints_steps, self.save_checkpoints_secs,
                 self.keep_checkpoint_max, self.log_step_count_steps,
-                self.device, self.num_replicas, self.feeding))
+                self.device, self.num_replicas, self.feeding, self.cluster))

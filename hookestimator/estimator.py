@@ -10,6 +10,7 @@ from hookestimator import evaluation
 from hookestimator import export
 from hookestimator import feed
 from hookestimator import inference
+from hookestimator import peers
 from hookestimator import prediction
 from hookestimator import replicas
 from hookestimator import runs
@@ -160,13 +161,25 @@ class HookEstimator(object):
       if not isinstance(hook, v1.train.SessionRunHook):
         raise TypeError('hooks must be SessionRunHook instances, got %r' %
                         (hook,))
+    cluster = self._config.cluster
+    if cluster is None:
+      self._train(input_fn, steps, max_steps, user_hooks)
+      return self
+    server = peers.server(cluster, self._config.session_config)
+    if not cluster.is_chief:
+      peers.serve_worker(cluster, server, self._config.peer_timeout_secs)
+    peers.run_chief(cluster, server, self._config.peer_timeout_secs,
+                    lambda: self._train(input_fn, steps, max_steps,
+                                        user_hooks))
+    return self
+
+  def _train(self, input_fn, steps, max_steps, user_hooks):
     start_step = self.checkpoint_step()
     if max_steps is not None and start_step >= max_steps:
       log.info('Skipping training: the checkpoint is at step %d and '
                'max_steps=%d', start_step, max_steps)
-      return self
+      return
     training.Training(self, input_fn, steps, max_steps, user_hooks).run()
-    return self
 
   def evaluate(self, input_fn, steps=None, hooks=None, checkpoint_path=None,
                name=None):
@@ -234,6 +247,11 @@ class HookEstimator(object):
                                                allow_none=True)
     name = evaluation.check_name(name)
     user_hooks = inference.check_hooks(hooks)
+    if self._config.cluster is not None:
+      raise ValueError(
+          'train_and_evaluate does not run on a cluster (got %r): train() '
+          "on every task, then evaluate() the chief's checkpoints" %
+          (self._config.cluster,))
     if self.checkpoint_step() >= max_steps:
       log.info('The checkpoint is at or past max_steps=%d; evaluating only',
                max_steps)
@@ -245,11 +263,13 @@ class HookEstimator(object):
                       add_on=add_on).run()
     return built[0].history
 
-  def _replica_plan(self, global_batch, name):
-    """How a mode's global batch goes over the configured replicas."""
+  def _replica_plan(self, global_batch, name, cluster=None):
+    """How a mode's global batch goes over the configured replicas (of
+    every worker of `cluster`)."""
     return replicas.Plan(self._config.device, self._config.num_replicas,
                          global_batch, name,
-                         split_batches=getattr(self, '_split_batches', False))
+                         split_batches=getattr(self, '_split_batches', False),
+                         cluster=cluster)
 
   def _call_input_fn(self, input_fn, params):
     """input_fn's dataset, built on the host."""

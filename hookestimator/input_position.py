@@ -13,6 +13,7 @@ state is restored only into the same pipeline; a different input_fn starts
 from its beginning. A pipeline whose state cannot be serialized (one that
 draws random numbers in a map, say) is not saved, and says so once.
 """
+import contextlib
 import hashlib
 import logging
 
@@ -107,27 +108,41 @@ class InputPosition(object):
   `saveable` to the saver that writes the snapshots.
   """
 
-  def __init__(self, initializer):
+  def __init__(self, initializer, save_device=None, label=''):
     dataset, iterator = initializer.inputs[0], initializer.inputs[1]
-    self.key = KEY_PREFIX + fingerprint(initializer.graph, dataset)
-    with initializer.graph.as_default(), v1.name_scope('input_position'), \
-        v1.colocate_with(iterator.op):
-      serialized = compat.serialize_iterator(iterator)
-      start = _state_variable('start')
-      state = _state_variable('state')
-      self._keep_start_op = tf.raw_ops.AssignVariableOp(resource=start,
-                                                        value=serialized)
-      self.snapshot_op = tf.raw_ops.AssignVariableOp(resource=state,
-                                                     value=serialized)
-      self.rewind_op = tf.raw_ops.AssignVariableOp(resource=state,
-                                                   value=_read(start))
-      self.saveable = _StateSaveable(_read(state), self.key)
-      self._prefix = v1.placeholder(tf.string, [], name='checkpoint')
-      restored = tf.raw_ops.RestoreV2(
-          prefix=self._prefix, tensor_names=[self.key],
-          shape_and_slices=[''], dtypes=[tf.variant])[0]
-      self._restore_op = tf.raw_ops.DeserializeIterator(
-          resource_handle=iterator, serialized=restored)
+    self.key = KEY_PREFIX + label + fingerprint(initializer.graph, dataset)
+    graph = initializer.graph
+    with graph.as_default(), v1.name_scope('input_position'):
+      with v1.colocate_with(iterator.op):
+        serialized = compat.serialize_iterator(iterator)
+        start = _state_variable('start')
+        state = _state_variable('state')
+        self._keep_start_op = tf.raw_ops.AssignVariableOp(resource=start,
+                                                          value=serialized)
+        self.snapshot_op = tf.raw_ops.AssignVariableOp(resource=state,
+                                                       value=serialized)
+        self.rewind_op = tf.raw_ops.AssignVariableOp(resource=state,
+                                                     value=_read(start))
+        saved = _read(state)
+      # With `save_device` (the chief's, in a cluster) the state is read
+      # into the checkpoint there and restored from it there, so the task
+      # that holds the iterator touches no file.
+      with _on(save_device, graph):
+        if save_device is not None:
+          saved = tf.identity(saved)
+        self.saveable = _StateSaveable(saved, self.key)
+        self._prefix = v1.placeholder(tf.string, [], name='checkpoint')
+        restored = tf.raw_ops.RestoreV2(
+            prefix=self._prefix, tensor_names=[self.key],
+            shape_and_slices=[''], dtypes=[tf.variant])[0]
+      with v1.colocate_with(iterator.op):
+        self._restore_op = tf.raw_ops.DeserializeIterator(
+            resource_handle=iterator, serialized=restored)
+
+  @property
+  def saveables(self):
+    """{checkpoint key: saveable} of the position."""
+    return {self.key: self.saveable}
 
   def start(self, session):
     """Keeps the input's beginning; returns whether its state can be saved.
@@ -162,6 +177,53 @@ class InputPosition(object):
       log.info('Checkpoint %s holds no input position; the input starts '
                'from its beginning.', checkpoint_path)
     return False
+
+
+class InputPositions(object):
+  """Several inputs' positions (one per worker of a cluster) saved and
+  restored together, with InputPosition's interface."""
+
+  def __init__(self, positions):
+    self._positions = list(positions)
+    self.snapshot_op = tf.group(*[p.snapshot_op for p in self._positions])
+    self.rewind_op = tf.group(*[p.rewind_op for p in self._positions])
+
+  @property
+  def saveables(self):
+    saveables = {}
+    for position in self._positions:
+      saveables.update(position.saveables)
+    return saveables
+
+  def start(self, session):
+    return all([p.start(session) for p in self._positions])
+
+  def restore(self, session, checkpoint_path, keys):
+    return all([p.restore(session, checkpoint_path, keys)
+                for p in self._positions])
+
+
+def for_infeed(infeed):
+  """The position of `infeed`'s input: one InputPosition, or with one part
+  per worker (worker_feeds.WorkerInfeeds) one per worker, each under a key
+  naming its worker."""
+  parts = getattr(infeed, 'parts', None)
+  if parts is None:
+    return InputPosition(infeed.initializer)
+  return InputPositions([
+      InputPosition(part.initializer, save_device=infeed.save_device,
+                    label='worker_%d_' % index)
+      for index, part in enumerate(parts)])
+
+
+def _on(device, graph):
+  """`device`'s scope, outside any colocation; nothing when None."""
+  if device is None:
+    return contextlib.nullcontext()
+  stack = contextlib.ExitStack()
+  stack.enter_context(graph.colocate_with(None, ignore_existing=True))
+  stack.enter_context(tf.device(device))
+  return stack
 
 
 _ERROR_HEADERS = ('Graph execution error:', 'Detected at node', 'Node:')

@@ -132,7 +132,8 @@ class DeviceLoop(object):
   """
 
   def __init__(self, global_step, infeed, outfeed, call_model_fn, device,
-               check_nan_loss=False, replica_devices=None):
+               check_nan_loss=False, replica_devices=None,
+               collective=False):
     self.iterations = v1.placeholder(tf.int32, [], name='iterations')
     self.spec = None
     self.host_call = None
@@ -164,12 +165,15 @@ class DeviceLoop(object):
         step_value = tf.raw_ops.ReadVariableOp(resource=global_step.handle,
                                                dtype=tf.int64)
       with tf.control_dependencies([step_value]):
-        element = infeed.dequeue()
-      sums = replicas_lib.CrossReplicaSums(count, replica_devices)
+        if hasattr(infeed, 'dequeue_replicas'):  # One infeed per worker.
+          per_replica = infeed.dequeue_replicas()
+        else:
+          per_replica = replicas_lib.unstack(infeed.dequeue(), count)
+      sums = replicas_lib.CrossReplicaSums(count, replica_devices,
+                                           collective=collective)
       specs = []
       graph = v1.get_default_graph()
-      for index, (features, labels) in enumerate(
-          replicas_lib.unstack(element, count)):
+      for index, (features, labels) in enumerate(per_replica):
         stack, handle = replica_scope(index, sums)
         with stack:
           first_model_op = len(graph.get_operations())

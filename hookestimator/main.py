@@ -200,13 +200,20 @@ def configure(argv):
   """
   args = _parser().parse_args(argv)
   parse_gin(args.gin_file, args.gin_param)
-  check_writable(args.model_dir)
   try:
     exp = experiment()
     estimator = HookEstimator(
         exp.model.model_fn, config=RunConfig(model_dir=args.model_dir))
   except (ValueError, TypeError, RuntimeError) as error:
     raise ConfigError(_explain_gin_error(error))
+  cluster = estimator.config.cluster
+  if cluster is not None and args.mode != 'train':
+    raise ConfigError(
+        '%s does not run on a cluster (TF_CONFIG names task %s): train on '
+        "every task, then %s the chief's model_dir without TF_CONFIG" % (
+            args.mode, cluster.describe(cluster.task), args.mode))
+  if not is_worker(estimator):  # A worker writes nothing.
+    check_writable(args.model_dir)
   if args.mode in ('evaluate', 'predict') and (
       estimator.latest_checkpoint() is None):
     raise ConfigError('model_dir %r holds no checkpoint to %s; train first' %
@@ -215,6 +222,12 @@ def configure(argv):
     raise ConfigError('train_and_evaluate needs experiment.eval_every_steps '
                       '(steps between evaluations); it is not set')
   return args, exp, estimator
+
+
+def is_worker(estimator):
+  """Whether this process is a worker of a cluster (not its chief)."""
+  cluster = estimator.config.cluster
+  return cluster is not None and not cluster.is_chief
 
 
 def train(exp, estimator, stream=None):
@@ -287,6 +300,9 @@ def main(argv=None, stream=None):
   except ConfigError as error:
     print('hookestimator: configuration error: %s' % error, file=sys.stderr)
     return EXIT_CONFIG_ERROR
+  if is_worker(estimator):
+    # Serves the chief's run, then ends the process with its status.
+    estimator.train(exp.model.train_input_fn, max_steps=exp.train_steps)
   config_path = save_operative_config(args.model_dir,
                                       estimator.checkpoint_step())
   run_mode = {'train': train, 'evaluate': evaluate, 'predict': predict,

@@ -19,8 +19,10 @@ TPU's shard context with N shards, so CrossShardOptimizer scales its loss
 by 1/N (its MEAN reduction) as on a TPU.
 """
 import contextlib
+import itertools
 
 import tensorflow as tf
+from tensorflow.python.ops import collective_ops
 from tensorflow.python.ops import gen_tpu_ops
 from tensorflow.python.tpu import tpu_function
 from tensorflow.python.tpu.ops import tpu_ops
@@ -73,24 +75,35 @@ class Plan(object):
       PER_HOST_V2).
   """
 
-  def __init__(self, kind, count, global_batch, name, split_batches=False):
+  def __init__(self, kind, count, global_batch, name, split_batches=False,
+               cluster=None):
+    # With a cluster, `count` replicas on each worker.
+    self.local_count = count
+    self.workers = cluster.num_workers if cluster is not None else 1
+    count *= self.workers
     self.count = count
     self.split_batches = split_batches
-    self.devices = None if count == 1 else devices(kind, count)
+    if cluster is not None:
+      self.devices = cluster.replica_devices(kind, self.local_count)
+    else:
+      self.devices = None if count == 1 else devices(kind, count)
     self.replica_batch = per_replica_batch(name, global_batch, count)
-    self.input_batch = global_batch if split_batches else self.replica_batch
+    self.input_batch = (self.replica_batch * self.local_count
+                        if split_batches else self.replica_batch)
 
   def replicate_input(self, dataset):
-    """The dataset's elements stacked [count, ...], one slice a replica."""
-    return split_input(dataset, self.count, self.split_batches)
+    """The dataset's elements stacked [local count, ...], one slice a
+    replica of this worker."""
+    return split_input(dataset, self.local_count, self.split_batches)
 
   def check_devices(self, found):
     """Raises unless `found` (the device kind's devices) has one device per
     replica."""
-    if self.count > len(found):
+    if self.local_count > len(found):
       raise ValueError(
           'num_replicas=%d needs %d devices of this kind; this machine has '
-          '%d (%s)' % (self.count, self.count, len(found), ', '.join(found)))
+          '%d (%s)' % (self.local_count, self.local_count, len(found),
+                       ', '.join(found)))
 
 
 def split_input(dataset, count, split_batches):
@@ -160,12 +173,43 @@ def concat_outfed(per_replica, weights):
   return combined
 
 
-class CrossReplicaSums(object):
-  """The cross-replica sums of the replicas built inside `recording()`."""
+# The collective group of a cluster's replicas (one group: every replica).
+COLLECTIVE_GROUP_KEY = 1
+# Collective instance keys, unique in the process: a server keeps each
+# instance's shape for its lifetime (across groups on TF 1.15).
+_instance_keys = itertools.count(1)
 
-  def __init__(self, count, devices_):
+
+def next_instance_key():
+  """A collective instance key no graph of this process used before."""
+  return next(_instance_keys)
+
+
+def collective_sum(values, devices_, group_key, instance_key):
+  """The sum of `values` (one per device of `devices_`), on each device,
+  by TensorFlow's collective all-reduce (a ring over the devices, across
+  tasks through the gRPC runtime); the tasks' servers need
+  `collective_group_leader` set (peers.server_config)."""
+  sums = []
+  for value, device in zip(values, devices_):
+    with tf.device(device):
+      sums.append(collective_ops.all_reduce(
+          tf.convert_to_tensor(value), len(devices_), group_key,
+          instance_key, 'Add', 'Id'))
+  return sums
+
+
+class CrossReplicaSums(object):
+  """The cross-replica sums of the replicas built inside `recording()`.
+
+  With `collective` (a cluster's replicas) each sum is a collective
+  all-reduce; else the add_n of every replica's input on the first
+  replica's device, copied to each."""
+
+  def __init__(self, count, devices_, collective=False):
     self._count = count
     self._devices = devices_
+    self._collective = collective
     self._by_replica = []
 
   @contextlib.contextmanager
@@ -217,11 +261,16 @@ class CrossReplicaSums(object):
     if self._count == 1:
       return
     for sums in zip(*self._by_replica):
-      with tf.device(self._devices[0]):
-        total = tf.add_n([tf.convert_to_tensor(value) for value, _ in sums])
+      if self._collective:
+        totals = collective_sum([value for value, _ in sums], self._devices,
+                                COLLECTIVE_GROUP_KEY, next_instance_key())
+      else:
+        with tf.device(self._devices[0]):
+          total = tf.add_n([tf.convert_to_tensor(value) for value, _ in sums])
+        totals = [total] * self._count
       for index, (_, stand_in) in enumerate(sums):
         with tf.device(self._devices[index]):
-          local = tf.identity(total)
+          local = tf.identity(totals[index])
         for consumer in list(stand_in.consumers()):
           for position, tensor in enumerate(consumer.inputs):
             if tensor is stand_in:

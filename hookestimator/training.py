@@ -3,6 +3,8 @@ prediction.py have theirs. Building it builds the graph in a graph of its
 own (the device loop over the replicas, the feeds, the outfeed reader) and
 the hook list in its fixed order, checking everything that can be checked
 before anything is written to model_dir; `run()` runs the loops."""
+import contextlib
+
 import tensorflow as tf
 
 from hookestimator import devices
@@ -11,8 +13,10 @@ from hookestimator import feed
 from hookestimator import hooks as hooks_lib
 from hookestimator import loop as loop_lib
 from hookestimator import model_dir as model_dir_lib
+from hookestimator import peers
 from hookestimator import runs
 from hookestimator import signals
+from hookestimator import worker_feeds
 from hookestimator.checkpoint import CheckpointHook
 from hookestimator.compat import v1
 from hookestimator.controller import ErrorRendezvous
@@ -33,7 +37,12 @@ class Training(object):
                add_on=None):
     self._estimator = estimator
     self.graph = tf.Graph()
-    with self.graph.as_default():
+    cluster = estimator.config.cluster
+    # In a cluster this process (the chief) is the client: what is not
+    # placed on a worker runs on the chief.
+    with self.graph.as_default(), (
+        tf.device('/job:chief/task:0') if cluster is not None else
+        contextlib.nullcontext()):
       self._build(estimator, input_fn, steps, max_steps, user_hooks, add_on)
 
   def _build(self, estimator, input_fn, steps, max_steps, user_hooks,
@@ -41,25 +50,32 @@ class Training(object):
     config = estimator.config
     model_dir = estimator.model_dir
     model_dir_lib.check_writable(model_dir)
+    cluster = config.cluster
     plan = estimator._replica_plan(estimator.train_batch_size,
-                                   'train_batch_size')
+                                   'train_batch_size', cluster=cluster)
     params = dict(estimator.params, batch_size=plan.replica_batch)
     device = devices.Device(config.device)
     found = device.check()  # Before anything is written to model_dir.
     if device.kind == 'gpu':
       plan.check_devices(found)
     global_step = loop_lib.create_global_step(self.graph)
-    dataset = estimator._call_input_fn(
-        input_fn, dict(estimator.params, batch_size=plan.input_batch))
-    with tf.device(feed.HOST_DEVICE):
-      dataset = plan.replicate_input(dataset)
-    infeed, outfeed = feed.make_feeds(device.kind, dataset, config.feeding)
+    if cluster is None:
+      dataset = estimator._call_input_fn(
+          input_fn, dict(estimator.params, batch_size=plan.input_batch))
+      with tf.device(feed.HOST_DEVICE):
+        dataset = plan.replicate_input(dataset)
+      infeed, outfeed = feed.make_feeds(device.kind, dataset, config.feeding)
+    else:
+      infeed = _worker_infeeds(estimator, input_fn, plan, cluster)
+      outfeed = feed.HostOutfeed()
     device_loop = loop_lib.DeviceLoop(
         global_step, infeed, outfeed,
         lambda features, labels, mode: estimator._call_model_fn(
             features, labels, mode, params),
         device, check_nan_loss=config.check_nan_loss,
-        replica_devices=plan.devices)
+        replica_devices=plan.devices,
+        # Across workers the sums are collective all-reduces.
+        collective=cluster is not None)
     # Before anything is written to model_dir.
     model_dir_lib.check_checkpoint_matches(estimator.latest_checkpoint(),
                                            v1.global_variables())
@@ -117,12 +133,21 @@ class Training(object):
         list(user_hooks) + [device_system])
     self._aborts = [feeding.abort] + ([extra.abort] if extra else []) + [
         checkpoints.abort, device_system.close]
-    session_config, self._loop_options, feeding_options = feed.session_pools(
-        config.session_config)
-    infeed.run_options = outfeed.run_options = feeding_options
+    if cluster is None:
+      session_config, self._loop_options, feeding_options = (
+          feed.session_pools(config.session_config))
+      infeed.run_options = outfeed.run_options = feeding_options
+    else:
+      # A distributed session has no thread pool options.
+      session_config = peers.server_config(config.session_config)
+      self._loop_options = None
     self._fetch = device_loop.train_op
+    master = ''
+    if cluster is not None:
+      master = peers.server(cluster, config.session_config).target
     self._creator = v1.train.ChiefSessionCreator(
-        scaffold=scaffold, checkpoint_dir=model_dir, config=session_config)
+        scaffold=scaffold, checkpoint_dir=model_dir, config=session_config,
+        master=master)
 
   def run(self):
     """Runs the loops; raises TrainingInterrupted after a signal stopped
@@ -138,3 +163,21 @@ class Training(object):
       self._writer.close()  # Every event written, whatever ended the run.
     self._signal_stop.raise_if_stopped(estimator.checkpoint_step(),
                                        estimator.latest_checkpoint())
+
+
+def _worker_infeeds(estimator, input_fn, plan, cluster):
+  """input_fn called once per worker on that worker's CPU, its params
+  carrying the worker's input_context; the infeeds of all workers."""
+  datasets, hosts = [], []
+  for worker in range(cluster.num_workers):
+    host = cluster.host_device(worker)
+    params = dict(estimator.params, batch_size=plan.input_batch,
+                  input_context=worker_feeds.input_context(
+                      worker, cluster.num_workers, plan.count))
+    with tf.device(host):
+      dataset = estimator._call_input_fn(input_fn, params)
+      with tf.device(feed.HOST_DEVICE):
+        datasets.append(plan.replicate_input(dataset))
+    hosts.append(host)
+  return worker_feeds.WorkerInfeeds(datasets, hosts, plan.local_count,
+                                    cluster.host_device(0))

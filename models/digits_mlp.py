@@ -11,6 +11,8 @@ import tensorflow as tf
 import hookestimator as he
 from hookestimator.config import check_positive_int
 from hookestimator.models import Model
+from hookestimator.models import replicated
+from hookestimator.models import shard
 from hookestimator.models.layers import dense
 
 v1 = tf.compat.v1
@@ -33,19 +35,22 @@ def load_split(heldout_examples, seed=0):
   return (x[:cut], y[:cut]), (x[cut:], y[cut:])
 
 
-def forward(features, hidden_units):
-  """Logits of the MLP: 64 -> hidden_units (ReLU, one layer each) -> 10."""
+def forward(features, hidden_units, seed=None):
+  """Logits of the MLP: 64 -> hidden_units (ReLU, one layer each) -> 10;
+  the initial weights drawn with `seed` (None: at random)."""
   net = features
   for i, units in enumerate(hidden_units):
-    net = dense(net, units, 'hidden%d' % i, tf.nn.relu)
-  return dense(net, NUM_CLASSES, 'logits')
+    net = dense(net, units, 'hidden%d' % i, tf.nn.relu,
+                seed=None if seed is None else seed + i)
+  return dense(net, NUM_CLASSES, 'logits',
+               seed=None if seed is None else seed + len(hidden_units))
 
 
-def make_model_fn(hidden_units, learning_rate):
+def make_model_fn(hidden_units, learning_rate, seed=None):
   """The model_fn: Adam on the mean cross-entropy."""
 
   def model_fn(features, labels, mode):
-    logits = forward(features, hidden_units)
+    logits = forward(features, hidden_units, seed)
     predicted = tf.argmax(logits, 1)
     if mode == he.ModeKeys.PREDICT:
       return he.HookEstimatorSpec(mode=mode, predictions={
@@ -58,8 +63,11 @@ def make_model_fn(hidden_units, learning_rate):
         return {'accuracy': v1.metrics.accuracy(labels, predicted)}
       return he.HookEstimatorSpec(mode=mode, loss=loss,
                                   eval_metrics=(metric_fn, [labels, predicted]))
-    train_op = v1.train.AdamOptimizer(learning_rate).minimize(
-        loss, global_step=v1.train.get_global_step())
+    optimizer = v1.train.AdamOptimizer(learning_rate)
+    if replicated():  # The gradients of the global batch.
+      optimizer = v1.tpu.CrossShardOptimizer(optimizer)
+    train_op = optimizer.minimize(loss,
+                                  global_step=v1.train.get_global_step())
     correct = tf.cast(tf.equal(predicted, labels), tf.float32)
 
     def host_call(correct):
@@ -70,14 +78,17 @@ def make_model_fn(hidden_units, learning_rate):
 
 
 @gin.configurable
-def digits_mlp(hidden_units=(128,), learning_rate=3e-3, heldout_examples=297):
-  """The digits classifier: its model_fn and input_fns."""
+def digits_mlp(hidden_units=(128,), learning_rate=3e-3, heldout_examples=297,
+               seed=None):
+  """The digits classifier: its model_fn and input_fns. `seed` fixes the
+  initial weights (None: random)."""
   hidden_units = [check_positive_int('hidden_units', units)
                   for units in hidden_units]
   (train_x, train_y), (heldout_x, heldout_y) = load_split(heldout_examples)
 
   def train_input_fn(params):
-    dataset = tf.data.Dataset.from_tensor_slices((train_x, train_y))
+    dataset = shard(tf.data.Dataset.from_tensor_slices((train_x, train_y)),
+                    params)
     return dataset.shuffle(len(train_y), seed=1).repeat().batch(
         params['batch_size'], drop_remainder=True)
 
@@ -85,5 +96,5 @@ def digits_mlp(hidden_units=(128,), learning_rate=3e-3, heldout_examples=297):
     dataset = tf.data.Dataset.from_tensor_slices((heldout_x, heldout_y))
     return dataset.batch(params['batch_size'])
 
-  return Model('digits_mlp', make_model_fn(hidden_units, learning_rate),
+  return Model('digits_mlp', make_model_fn(hidden_units, learning_rate, seed),
                train_input_fn, eval_input_fn)

@@ -20,6 +20,8 @@ import tensorflow as tf
 
 import hookestimator as he
 from hookestimator.models import Model
+from hookestimator.models import replicated
+from hookestimator.models import shard
 from hookestimator.models.layers import dense, gelu, layer_norm
 
 v1 = tf.compat.v1
@@ -53,13 +55,15 @@ def split_files(files, heldout_every):
   return train or heldout, heldout
 
 
-def byte_records(files, seq_len, batch_size, training, seed=0):
-  """A dataset of (inputs, targets) int32 [batch, seq_len] byte windows."""
+def byte_records(files, seq_len, batch_size, training, seed=0, params=None):
+  """A dataset of (inputs, targets) int32 [batch, seq_len] byte windows;
+  in a cluster (`params` with an input_context), of this worker's files."""
   record_bytes = seq_len + 1
   # Each file's tail shorter than a record is skipped as its "footer".
   tails = [os.path.getsize(f) % record_bytes for f in files]
   dataset = tf.data.Dataset.from_tensor_slices(
       (tf.constant(files), tf.constant(tails, tf.int64)))
+  dataset = shard(dataset, params or {})
   if training:
     dataset = dataset.shuffle(len(files), seed=seed).repeat()
   dataset = dataset.interleave(
@@ -153,7 +157,14 @@ def make_model_fn(num_layers, d_model, num_heads, seq_len, learning_rate,
     lr = learning_rate_schedule(global_step, learning_rate, warmup_steps,
                                 decay_steps, final_lr_ratio)
     optimizer = v1.train.AdamOptimizer(lr, beta2=0.99)
-    grads, variables = zip(*optimizer.compute_gradients(loss))
+    if replicated():
+      # The gradients of the global batch (each replica's loss scaled by
+      # 1 / replicas, summed over them), clipped together.
+      grads, variables = zip(*v1.tpu.CrossShardOptimizer(
+          optimizer).compute_gradients(loss))
+      grads = [he.cross_replica_sum(g) for g in grads]
+    else:
+      grads, variables = zip(*optimizer.compute_gradients(loss))
     grads, _ = tf.clip_by_global_norm(grads, clip_norm)
     train_op = optimizer.apply_gradients(zip(grads, variables),
                                          global_step=global_step)
@@ -184,7 +195,8 @@ def gpt2(corpus_glob=None, seq_len=128, num_layers=2, d_model=128,
       corpus_files(corpus_glob, seq_len + 1), heldout_every)
 
   def train_input_fn(params):
-    return byte_records(train_files, seq_len, params['batch_size'], True)
+    return byte_records(train_files, seq_len, params['batch_size'], True,
+                        params=params)
 
   def eval_input_fn(params):
     return byte_records(heldout_files, seq_len, params['batch_size'], False)

@@ -9,11 +9,12 @@ import tensorflow as tf
 v1 = tf.compat.v1
 
 
-def dense(inputs, units, name, activation=None, stddev=None):
-  """inputs [..., d] -> [..., units]; Glorot init unless stddev is given."""
+def dense(inputs, units, name, activation=None, stddev=None, seed=None):
+  """inputs [..., d] -> [..., units]; Glorot init unless stddev is given,
+  drawn with `seed` (None: at random)."""
   with v1.variable_scope(name):
-    initializer = (v1.glorot_uniform_initializer() if stddev is None else
-                   v1.random_normal_initializer(stddev=stddev))
+    initializer = (v1.glorot_uniform_initializer(seed=seed) if stddev is None
+                   else v1.random_normal_initializer(stddev=stddev, seed=seed))
     kernel = v1.get_variable('kernel', [inputs.shape[-1], units],
                              initializer=initializer)
     bias = v1.get_variable('bias', [units], initializer=v1.zeros_initializer())

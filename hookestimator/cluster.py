@@ -1,0 +1,185 @@
+"""The cluster a run spans: TF_CONFIG (Estimator's format) or
+RunConfig(cluster=...), this process's task, and where each replica and
+each worker's input pipeline goes.
+
+    TF_CONFIG='{"cluster": {"chief": ["10.0.0.1:2222"],
+                            "worker": ["10.0.0.2:2222"]},
+                "task": {"type": "worker", "index": 0}}'
+
+The chief (job `chief`, task 0) is worker 0 and the client of the run: it
+builds the one graph. Task i of job `worker` is worker i + 1. Every worker
+runs `num_replicas` replicas on its own devices and one input pipeline on
+its own CPU.
+"""
+import json
+import logging
+import os
+import re
+
+log = logging.getLogger(__name__)
+
+TF_CONFIG = 'TF_CONFIG'
+JOBS = ('chief', 'worker')
+_ADDRESS = re.compile(r'^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$')
+
+
+class Cluster(object):
+  """The cluster's jobs and this process's task.
+
+  Attributes:
+    jobs: {'chief': [address], 'worker': [address, ...]}.
+    task_type: 'chief' or 'worker'.
+    task_index: the task's index in its job.
+  """
+
+  def __init__(self, jobs, task_type, task_index):
+    self.jobs = _check_jobs(jobs)
+    if task_type not in self.jobs:
+      raise ValueError('task type %r is not a job of the cluster; expected '
+                       'one of %s' % (task_type, sorted(self.jobs)))
+    if (isinstance(task_index, bool) or not isinstance(task_index, int) or
+        not 0 <= task_index < len(self.jobs[task_type])):
+      raise ValueError('task index %r of job %r is out of range: the job has '
+                       '%d task(s)' % (task_index, task_type,
+                                       len(self.jobs[task_type])))
+    self.task_type = task_type
+    self.task_index = task_index
+
+  @property
+  def is_chief(self):
+    return self.task_type == 'chief'
+
+  @property
+  def num_workers(self):
+    """Workers, the chief included: the number of input pipelines."""
+    return len(self.jobs['chief']) + len(self.jobs.get('worker', ()))
+
+  @property
+  def tasks(self):
+    """(job, index) of every worker, in worker order (the chief first)."""
+    return [('chief', 0)] + [('worker', i) for i in
+                             range(len(self.jobs.get('worker', ())))]
+
+  @property
+  def task(self):
+    return (self.task_type, self.task_index)
+
+  @property
+  def worker_index(self):
+    """This task's index among the workers (the chief's is 0)."""
+    return self.tasks.index(self.task)
+
+  def address(self, task):
+    job, index = task
+    return self.jobs[job][index]
+
+  def describe(self, task):
+    """'/job:worker/task:0 (10.0.0.2:2222)'."""
+    return '%s (%s)' % (task_name(task), self.address(task))
+
+  def host_device(self, worker):
+    """The CPU of worker `worker` (an index into `tasks`)."""
+    return task_name(self.tasks[worker]) + '/device:CPU:0'
+
+  def replica_devices(self, kind, local_count):
+    """Every replica's device: `local_count` per worker, worker by worker."""
+    return ['%s/device:%s:%d' % (task_name(task), kind.upper(), local)
+            for task in self.tasks for local in range(local_count)]
+
+  def cluster_def(self):
+    """The jobs as a tf.train.ClusterSpec's dict."""
+    return {job: list(addresses) for job, addresses in self.jobs.items()}
+
+  def __eq__(self, other):
+    return (isinstance(other, Cluster) and self.jobs == other.jobs and
+            self.task == other.task)
+
+  def __ne__(self, other):
+    return not self == other
+
+  def __repr__(self):
+    return 'Cluster(%r, task_type=%r, task_index=%d)' % (
+        self.jobs, self.task_type, self.task_index)
+
+
+def task_name(task):
+  return '/job:%s/task:%d' % task
+
+
+def _check_jobs(jobs):
+  if not isinstance(jobs, dict):
+    raise TypeError('the cluster must be a dict of job name -> list of '
+                    '"host:port" addresses, got %r' % (jobs,))
+  for job in jobs:
+    if job not in JOBS:
+      raise ValueError(
+          'cluster job %r is not supported: a hookestimator cluster has a '
+          '"chief" and "worker" tasks (no parameter servers; evaluate the '
+          "chief's checkpoints with `hookestimator evaluate` instead of an "
+          'evaluator task)' % (job,))
+  chief = jobs.get('chief')
+  if not isinstance(chief, (list, tuple)) or len(chief) != 1:
+    raise ValueError('the cluster needs exactly one "chief" address, got '
+                     'chief=%r' % (chief,))
+  checked = {}
+  for job, addresses in jobs.items():
+    if not isinstance(addresses, (list, tuple)):
+      raise TypeError('cluster job %r must be a list of "host:port" '
+                      'addresses, got %r' % (job, addresses))
+    for address in addresses:
+      match = _ADDRESS.match(address) if isinstance(address, str) else None
+      if match is None or not 0 < int(match.group(2)) < 65536:
+        raise ValueError('cluster job %r has the address %r; expected '
+                         '"host:port" with a port from 1 to 65535' %
+                         (job, address))
+    checked[job] = list(addresses)
+  everything = [a for addresses in checked.values() for a in addresses]
+  if len(set(everything)) != len(everything):
+    raise ValueError('cluster addresses must be distinct, got %r' % (jobs,))
+  return checked
+
+
+def parse(value, source='cluster'):
+  """A Cluster from `value` in TF_CONFIG's format (a JSON string or a
+  dict with 'cluster' and 'task'); None for a cluster of the chief alone,
+  or for an empty value."""
+  if isinstance(value, Cluster) or value is None:
+    return value
+  if isinstance(value, str):
+    if not value.strip():
+      return None
+    try:
+      value = json.loads(value)
+    except ValueError as error:
+      raise ValueError('%s is not valid JSON (%s): %r' % (source, error,
+                                                          value))
+  if not isinstance(value, dict):
+    raise TypeError('%s must be a dict with "cluster" and "task" (TF_CONFIG '
+                    'format), got %r' % (source, value))
+  unknown = sorted(set(value) - {'cluster', 'task', 'environment', 'rpc_layer'})
+  if unknown:
+    raise ValueError('%s has the unknown key(s) %s; expected "cluster" and '
+                     '"task"' % (source, unknown))
+  if value.get('rpc_layer', 'grpc') != 'grpc':
+    raise ValueError('%s asks for rpc_layer %r; only "grpc" is supported' %
+                     (source, value['rpc_layer']))
+  jobs = value.get('cluster')
+  if not jobs:
+    return None
+  jobs = {job: addresses for job, addresses in jobs.items() if addresses}
+  task = value.get('task')
+  if not isinstance(task, dict) or 'type' not in task:
+    raise ValueError('%s needs a "task" with its "type" and "index" (this '
+                     "process's role), got %r" % (source, task))
+  cluster = Cluster(jobs, task['type'], task.get('index', 0))
+  if cluster.num_workers == 1:
+    log.info('%s names the chief alone: training runs in this process.',
+             source)
+    return None
+  return cluster
+
+
+def from_environment(environ=None):
+  """The Cluster that TF_CONFIG describes, or None."""
+  environ = os.environ if environ is None else environ
+  return parse(environ.get(TF_CONFIG), 'the TF_CONFIG environment variable')

@@ -1,0 +1,425 @@
+"""A cluster task's TF server and its talk with the other tasks, all
+through TensorFlow's own gRPC runtime (nothing here opens a socket).
+
+- `server(cluster, config)`: this process's tf.distribute.Server, started
+  once. TensorFlow cannot stop a gRPC server in-process, so its port
+  closes when the process exits: a worker's process ends with its run,
+  and `hookestimator train` exits when the chief's run ends.
+- Reaching a peer: a session on this task's server running a trivial op
+  on the peer. Creating a session waits for every task it names without
+  a deadline, so the first contact runs on a thread joined with one.
+- Messages: the chief keeps one queue per worker (an outbox) and one
+  inbox on its own CPU; a worker takes its message from its outbox and
+  answers in the inbox. A message is an exit status and a text.
+- Bounded exits: a session with a lost task cannot be closed (TensorFlow
+  waits for the task forever), so on every path where a task was lost the
+  process is ended after EXIT_GRACE_SECS by faulthandler, whatever hangs.
+"""
+import faulthandler
+import logging
+import os
+import sys
+import threading
+import time
+
+import tensorflow as tf
+
+from hookestimator import cluster as cluster_lib
+from hookestimator.compat import v1
+
+log = logging.getLogger(__name__)
+
+# A peer that does not run a trivial op within this long is lost.
+PROBE_SECS = 5
+# How often the chief checks its workers, and a worker its outbox.
+WATCH_SECS = 1.0
+POLL_SECS = 1.0
+# Between tries to reach a peer that is not listening yet.
+RETRY_SECS = 0.25
+# How long the chief waits for every worker to read its last message.
+ANSWER_SECS = 10
+# After a task was lost, the process ends at most this long after.
+EXIT_GRACE_SECS = 15
+EXIT_LOST = 1
+
+_OUTBOX_CAPACITY = 4
+_INBOX_CAPACITY = 64
+
+_server_lock = threading.Lock()
+_servers = {}
+
+
+class LostTaskError(RuntimeError):
+  """A task of the cluster stopped answering, or never answered."""
+
+
+class RunFailedError(RuntimeError):
+  """The chief's run failed; a worker exits with this."""
+
+
+def server(cluster, session_config):
+  """This process's started server for `cluster` (one per process)."""
+  with _server_lock:
+    if _servers and cluster not in _servers.values():
+      running = list(_servers.values())[0]
+      raise ValueError(
+          'This process already runs the server of %r; a process serves one '
+          'task of one cluster, got %r' % (running, cluster))
+    for started, its_cluster in _servers.items():
+      if its_cluster == cluster:
+        return started
+    config = server_config(session_config)
+    started = v1.train.Server(tf.train.ClusterSpec(cluster.cluster_def()),
+                              job_name=cluster.task_type,
+                              task_index=cluster.task_index, config=config,
+                              start=True)
+    log.warning(
+        'Task %s serves TensorFlow gRPC on port %s, unauthenticated: anyone '
+        'who can reach that port can run any graph as this user. Keep the '
+        'cluster on a private network (see docs/cluster.md).',
+        cluster_lib.task_name(cluster.task),
+        cluster.address(cluster.task).rsplit(':', 1)[1])
+    _servers[started] = cluster
+    return started
+
+
+def server_config(session_config):
+  """A copy of `session_config` (None: soft placement) for a cluster's
+  servers and sessions: the chief leads the collective ops' groups."""
+  config = v1.ConfigProto(allow_soft_placement=True)
+  if session_config is not None:
+    config.CopyFrom(session_config)
+  config.experimental.collective_group_leader = '/job:chief/replica:0/task:0'
+  return config
+
+
+def end_process_after(seconds, reason):
+  """Ends the process with status EXIT_LOST after `seconds`, even if a
+  TensorFlow call hangs (faulthandler's watchdog runs outside Python)."""
+  log.error('%s; this process ends within %d s.', reason, seconds)
+  faulthandler.dump_traceback_later(seconds, exit=True)
+
+
+def _cpu(task):
+  return cluster_lib.task_name(task) + '/device:CPU:0'
+
+
+def _outbox(worker):
+  return v1.FIFOQueue(_OUTBOX_CAPACITY, [tf.string], shapes=[[]],
+                      shared_name='hookestimator_outbox_%d' % worker,
+                      name='outbox_%d' % worker)
+
+
+def _inbox():
+  return v1.FIFOQueue(_INBOX_CAPACITY, [tf.string], shapes=[[]],
+                      shared_name='hookestimator_inbox', name='inbox')
+
+
+def _timeout(seconds):
+  return v1.RunOptions(timeout_in_ms=int(seconds * 1000))
+
+
+class _Link(object):
+  """A session from this task to `peer`: a probe, and what `build` adds
+  (built on the chief's CPU)."""
+
+  def __init__(self, server_, cluster, peer, build=None):
+    self.peer = peer
+    self.name = cluster.describe(peer)
+    self.graph = tf.Graph()
+    with self.graph.as_default():
+      with tf.device(_cpu(peer)):
+        self.probe = tf.identity(tf.constant(0), name='probe')
+      with tf.device(_cpu(('chief', 0))):
+        self.ops = build() if build is not None else None
+    self._target = server_.target
+    self._config = v1.ConfigProto(device_filters=sorted(
+        {cluster_lib.task_name(cluster.task), cluster_lib.task_name(peer)}))
+    self.session = None
+    self.connected = False
+
+  def start_connecting(self, deadline):
+    """Probes the peer on a thread until it answers or `deadline` (a
+    time.monotonic()) passes; returns the thread."""
+    thread = threading.Thread(target=self._first_probe, args=(deadline,),
+                              daemon=True, name='connect %s' % self.name)
+    thread.start()
+    return thread
+
+  def _first_probe(self, deadline):
+    # A peer not listening yet refuses at once (UnavailableError), or the
+    # session's creation waits for it: try again until the deadline.
+    while True:
+      session = v1.Session(self._target, graph=self.graph,
+                           config=self._config)
+      try:
+        session.run(self.probe)
+        self.session = session
+        self.connected = True
+        return
+      except tf.errors.OpError as error:
+        session.close()
+        if time.monotonic() > deadline:
+          log.info('Task %s: %s', self.name, _first_line(error))
+          return
+      time.sleep(RETRY_SECS)
+
+  def alive(self):
+    try:
+      self.session.run(self.probe, options=_timeout(PROBE_SECS))
+      return True
+    except tf.errors.OpError:
+      return False
+
+  def close(self):
+    if self.session is not None:
+      self.session.close()
+
+
+def connect(links, timeout):
+  """Waits up to `timeout` seconds for every link's peer to answer; raises
+  LostTaskError naming those that did not."""
+  deadline = time.monotonic() + timeout
+  threads = [link.start_connecting(deadline) for link in links]
+  for thread in threads:
+    thread.join(max(0.0, deadline - time.monotonic()))
+  missing = [link.name for link in links if not link.connected]
+  if missing:
+    error = LostTaskError(
+        'task(s) %s did not answer within peer_timeout_secs=%g s; start '
+        'every task of the cluster (the same command, each with its own '
+        'TF_CONFIG) and check that their addresses are reachable' %
+        (', '.join(missing), timeout))
+    end_process_after(EXIT_GRACE_SECS, str(error))
+    raise error
+
+
+class ChiefPeers(object):
+  """The chief's side: waits for the workers, watches them during the
+  run, and tells them how it ended."""
+
+  def __init__(self, server_, cluster):
+    self._cluster = cluster
+    self._links = [_Link(server_, cluster, task)
+                   for task in cluster.tasks[1:]]
+    self._graph = tf.Graph()
+    with self._graph.as_default(), tf.device(_cpu(('chief', 0))):
+      self._message = v1.placeholder(tf.string, [])
+      self._posts = [_outbox(w).enqueue(self._message)
+                     for w in range(1, cluster.num_workers)]
+      self._answer = _inbox().dequeue()
+    self._local = v1.Session(
+        server_.target, graph=self._graph,
+        config=v1.ConfigProto(device_filters=['/job:chief/task:0']))
+    self._watching = None
+    self._stop_watching = threading.Event()
+    self._lost = []
+    self._posted = False
+    self._lock = threading.Lock()
+
+  def wait(self, timeout):
+    """Waits for every worker to answer, and to have reached the chief
+    (a worker's first tries can leave its channel to the chief backing
+    off for seconds, failing the first loop): each says hello."""
+    deadline = time.monotonic() + timeout
+    connect(self._links, timeout)
+    missing = set(link.name for link in self._links)
+    while missing:
+      left = deadline - time.monotonic()
+      try:
+        hello = self._local.run(self._answer,
+                                options=_timeout(max(left, 0.001)))
+      except tf.errors.DeadlineExceededError:
+        error = LostTaskError(
+            'task(s) %s did not reach the chief within '
+            'peer_timeout_secs=%g s' % (', '.join(sorted(missing)), timeout))
+        end_process_after(EXIT_GRACE_SECS, str(error))
+        raise error
+      missing.discard(hello.decode('utf-8'))
+    log.info('Every task of the cluster answered: %s',
+             ', '.join(self._cluster.describe(t) for t in self._cluster.tasks))
+
+  def watch(self):
+    """Probes every worker each WATCH_SECS on a thread; a lost one ends
+    the run (the other workers are told, and this process ends)."""
+    self._watching = threading.Thread(target=self._watch, daemon=True,
+                                      name='ClusterWatch')
+    self._watching.start()
+
+  def _watch(self):
+    while not self._stop_watching.wait(WATCH_SECS):
+      # Twice in a row, so that a probe slowed by a busy machine is not a
+      # lost task.
+      lost = self._not_answering()
+      if lost:
+        lost = [name for name in self._not_answering() if name in lost]
+      if lost:
+        lost = self._record_lost(lost)
+        message = lost_message(lost)
+        self.post(EXIT_LOST, message)
+        end_process_after(EXIT_GRACE_SECS, message)
+        return
+
+  def stop_watching(self):
+    self._stop_watching.set()
+    if self._watching is not None:
+      self._watching.join(PROBE_SECS * 2)
+
+  def lost(self):
+    """The names of the workers that do not answer now (and of those
+    found lost before)."""
+    return self._record_lost(self._not_answering())
+
+  def _not_answering(self):
+    return [link.name for link in self._links if not link.alive()]
+
+  def _record_lost(self, names):
+    with self._lock:
+      self._lost.extend(n for n in names if n not in self._lost)
+      return list(self._lost)
+
+  def close_links(self):
+    """Closes the sessions with the workers; only while every one
+    answers (closing one with a lost task hangs)."""
+    for link in self._links:
+      link.close()
+
+  def post(self, code, text):
+    """Tells every worker not lost to exit with `code`, saying `text`;
+    waits up to ANSWER_SECS for them to take it. Once per run."""
+    with self._lock:
+      if self._posted:
+        return
+      self._posted = True
+      lost = list(self._lost)
+    told = 0
+    for link, post in zip(self._links, self._posts):
+      if link.name not in lost:
+        self._local.run(post, {self._message: '%d\t%s' % (code, text)})
+        told += 1
+    deadline = time.monotonic() + ANSWER_SECS
+    for _ in range(told):
+      left = deadline - time.monotonic()
+      try:
+        self._local.run(self._answer, options=_timeout(max(left, 0.001)))
+      except tf.errors.DeadlineExceededError:
+        log.warning('A worker did not take the end-of-run message within '
+                    '%d s', ANSWER_SECS)
+        return
+
+
+def lost_message(names):
+  return ('lost task %s: it stopped answering, so the run stops here. '
+          "Restart every task to resume from the chief's last checkpoint" %
+          ', '.join(names))
+
+
+def run_chief(cluster, server_, timeout, run):
+  """Runs `run()` (the training) on the chief, with every worker waited
+  for first, watched during it and told how it ended after it."""
+  peers = ChiefPeers(server_, cluster)
+  peers.wait(timeout)
+  peers.watch()
+  try:
+    result = run()
+  except SystemExit as stop:  # A signal stopped training, checkpointed.
+    peers.stop_watching()
+    peers.close_links()
+    peers.post(stop.code if isinstance(stop.code, int) else EXIT_LOST,
+               str(stop))
+    raise
+  except BaseException as error:
+    peers.stop_watching()
+    lost = peers.lost()
+    if lost:
+      message = lost_message(lost)
+      peers.post(EXIT_LOST, message)
+      end_process_after(EXIT_GRACE_SECS, message)
+      raise LostTaskError(message) from error
+    peers.close_links()
+    peers.post(EXIT_LOST, 'the chief failed: %s: %s' % (
+        type(error).__name__, _first_line(error)))
+    raise
+  peers.stop_watching()
+  peers.close_links()
+  peers.post(0, 'the run ended')
+  return result
+
+
+def serve_worker(cluster, server_, timeout):
+  """A worker's part: waits for the chief, serves its run (the chief's
+  session runs this task's replicas and input), and when the chief says
+  the run ended, or stops answering, ends the process: status 0 when the
+  run succeeded, else non-zero. Never returns."""
+  worker = cluster.worker_index
+  name = cluster_lib.task_name(cluster.task)
+
+  def build():
+    answer = v1.placeholder(tf.string, [])
+    return _outbox(worker).dequeue(), _inbox().enqueue(answer), answer
+  chief = _Link(server_, cluster, ('chief', 0), build)
+  take, give, answer = chief.ops
+  deadline = time.monotonic() + timeout
+  try:
+    connect([chief], timeout)
+    # The hello crosses both ways (the chief fetches the fed name from
+    # here); a channel that refused a first try backs off for a while,
+    # failing at once until it connects again.
+    while True:
+      try:
+        chief.session.run(give, {answer: cluster.describe(cluster.task)},
+                          options=_timeout(PROBE_SECS))
+        break
+      except tf.errors.UnavailableError:
+        if time.monotonic() > deadline:
+          raise
+        time.sleep(RETRY_SECS)
+  except (LostTaskError, tf.errors.OpError) as error:
+    _exit(EXIT_LOST, 'Worker %s: %s' % (name, _first_line(error)))
+  log.info('Worker %s serves the chief %s', name, chief.name)
+  slow_probes = 0
+  while True:
+    try:
+      message = chief.session.run(take, options=_timeout(POLL_SECS))
+    except tf.errors.DeadlineExceededError:
+      # No message yet. Lost after two probes in a row that get no
+      # answer in PROBE_SECS (one may be slowed by a busy machine).
+      slow_probes = 0 if chief.alive() else slow_probes + 1
+      if slow_probes < 2:
+        continue
+      message = None
+    except tf.errors.OpError:  # Unreachable: the chief is gone.
+      message = None
+    if message is None:
+      end_process_after(EXIT_GRACE_SECS, 'Worker %s: %s' % (
+          name, lost_message([chief.name])))
+      _exit(EXIT_LOST, 'Worker %s: %s' % (name, lost_message([chief.name])))
+    code, text = message.decode('utf-8').split('\t', 1)
+    try:
+      chief.session.run(give, {answer: name}, options=_timeout(PROBE_SECS))
+    except tf.errors.OpError:
+      pass  # The chief is gone already; it gave its word.
+    _exit(int(code), 'Worker %s: %s' % (name, text))
+
+
+def _exit(code, text):
+  """Ends the process at once: its sessions name other tasks, and closing
+  them would wait for those tasks."""
+  (log.info if code == 0 else log.error)(text)
+  print('hookestimator: %s' % text, file=sys.stderr if code else sys.stdout)
+  for stream in (sys.stdout, sys.stderr):
+    stream.flush()
+  logging.shutdown()
+  os._exit(code)  # pylint: disable=protected-access
+
+
+def _first_line(error):
+  """The line of an error's message that says what failed (TF 2.x puts a
+  'Graph execution error:' header first)."""
+  message = getattr(error, 'message', None) or str(error)
+  for line in message.splitlines():
+    line = line.strip()
+    if line and not line.startswith(('Graph execution error', 'Detected at',
+                                     '[[', 'File ')) and not line.endswith(':'):
+      return line
+  return message.strip().split('\n')[0]

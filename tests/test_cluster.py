@@ -1,0 +1,398 @@
+"""Clusters over loopback: a chief and a worker, each a process of its own
+(tests/cluster_task.py) with a TF server on a free 127.0.0.1 port, started
+in its own process group, killed with it when the test ends.
+
+Two workers of one replica train as one process of two replicas; only the
+chief writes; a lost worker stops the chief within 60 s naming it, and a
+restart resumes exactly; a worker alone gives up within its timeout; no
+port still listens after any of these runs.
+"""
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from hookestimator import cluster as cluster_lib
+from hookestimator import config as config_lib
+
+v1 = tf.compat.v1
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TASK = os.path.join(REPO_ROOT, 'tests', 'cluster_task.py')
+RUN_SECS = 120  # No process of these tests may run longer.
+LOST_SECS = 60  # The issue's bound for noticing a lost task.
+
+
+def free_ports(count):
+  sockets = []
+  try:
+    for _ in range(count):
+      s = socket.socket()
+      s.bind(('127.0.0.1', 0))
+      sockets.append(s)
+    return [s.getsockname()[1] for s in sockets]
+  finally:
+    for s in sockets:
+      s.close()
+
+
+def listening(port):
+  """Whether anything accepts connections on 127.0.0.1:`port`."""
+  s = socket.socket()
+  s.settimeout(1)
+  try:
+    return s.connect_ex(('127.0.0.1', port)) == 0
+  finally:
+    s.close()
+
+
+def tf_config(ports, task_type, index=0):
+  return json.dumps({
+      'cluster': {'chief': ['127.0.0.1:%d' % ports[0]],
+                  'worker': ['127.0.0.1:%d' % p for p in ports[1:]]},
+      'task': {'type': task_type, 'index': index}})
+
+
+class Processes(object):
+  """Processes started in their own process groups; every group is killed
+  on the way out, pass or fail."""
+
+  def __init__(self, tmp_path):
+    self._tmp_path = tmp_path
+    self._started = []
+
+  def start(self, name, cluster, model_dir, max_steps, replicas=1,
+            timeout=30):
+    """Starts tests/cluster_task.py."""
+    return self.start_command(name, [
+        TASK, cluster, str(model_dir), str(max_steps), str(replicas),
+        str(timeout)])
+
+  def start_command(self, name, argv, tf_config_value=None):
+    """Starts Python with `argv`, TF_CONFIG set to `tf_config_value`."""
+    log = open(str(self._tmp_path / ('%s.log' % name)), 'w')
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    env.pop('TF_CONFIG', None)
+    if tf_config_value is not None:
+      env['TF_CONFIG'] = tf_config_value
+    process = subprocess.Popen(
+        [sys.executable] + argv, cwd=REPO_ROOT, env=env, stdout=log,
+        stderr=subprocess.STDOUT, start_new_session=True)
+    process.log_path = log.name
+    log.close()
+    process.started = time.monotonic()
+    self._started.append(process)
+    return process
+
+  def wait(self, process, timeout=RUN_SECS):
+    """(exit status, seconds since it started, its output)."""
+    code = process.wait(timeout)
+    with open(process.log_path) as f:
+      return code, time.monotonic() - process.started, f.read()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *unused):
+    for process in self._started:
+      try:
+        os.killpg(process.pid, signal.SIGKILL)
+      except OSError:
+        pass  # Ended already, with its group.
+      process.wait(10)
+
+
+def run_cluster(processes, ports, model_dir, max_steps, tmp_path, tag=''):
+  worker = processes.start('worker' + tag, tf_config(ports, 'worker'),
+                           tmp_path / ('worker_dir' + tag), max_steps)
+  chief = processes.start('chief' + tag, tf_config(ports, 'chief'),
+                          model_dir, max_steps)
+  chief_code, _, chief_out = processes.wait(chief)
+  worker_code, _, worker_out = processes.wait(worker)
+  assert chief_code == 0, chief_out[-3000:]
+  assert worker_code == 0, worker_out[-3000:]
+  assert 'the run ended' in worker_out
+  return chief_out
+
+
+def variables(model_dir):
+  path = v1.train.latest_checkpoint(str(model_dir))
+  return {name: v1.train.load_variable(path, name)
+          for name, _ in v1.train.list_variables(path)
+          if not name.startswith('hookestimator/')}
+
+
+def assert_same_variables(got, expected):
+  assert sorted(got) == sorted(expected)
+  for name in expected:
+    np.testing.assert_allclose(got[name], expected[name], atol=1e-5,
+                               err_msg=name)
+
+
+def _meta_graph_def(model_dir):
+  from tensorflow.core.protobuf import meta_graph_pb2  # pylint: disable=g-import-not-at-top
+  meta = meta_graph_pb2.MetaGraphDef()
+  path = sorted(glob.glob(os.path.join(str(model_dir), '*.meta')))[0]
+  with open(path, 'rb') as f:
+    meta.ParseFromString(f.read())
+  return meta.graph_def
+
+
+def test_two_workers_train_as_two_replicas_and_only_the_chief_writes(
+    tmp_path):
+  ports = free_ports(2)
+  with Processes(tmp_path) as processes:
+    single = processes.start('single', '', tmp_path / 'single', 20,
+                             replicas=2)
+    run_cluster(processes, ports, tmp_path / 'chief_dir', 20, tmp_path)
+    code, _, out = processes.wait(single)
+    assert code == 0, out[-3000:]
+  assert not any(listening(p) for p in ports)
+  got = variables(tmp_path / 'chief_dir')
+  assert int(got['global_step']) == 20
+  assert_same_variables(got, variables(tmp_path / 'single'))
+  # The worker wrote nothing (its model_dir was never made); the chief's
+  # checkpoints hold each worker's input position.
+  assert not (tmp_path / 'worker_dir').exists()
+  keys = [name for name, _ in v1.train.list_variables(
+      v1.train.latest_checkpoint(str(tmp_path / 'chief_dir')))]
+  assert len([k for k in keys if k.startswith(
+      'hookestimator/input_position/worker_')]) == 2
+  # The meta graph the chief wrote: gradients summed by collective
+  # all-reduces on both tasks, and every op that writes a file on the
+  # chief.
+  graph_def = _meta_graph_def(tmp_path / 'chief_dir')
+  reduces = [n.device for n in graph_def.node if n.op.startswith(
+      'CollectiveReduce')]
+  reduces += [n.device for f in graph_def.library.function
+              for n in f.node_def if n.op.startswith('CollectiveReduce')]
+  assert any('/job:worker/task:0' in d for d in reduces), reduces
+  assert any('/job:chief/task:0' in d for d in reduces), reduces
+  writers = [n for n in graph_def.node if n.op in (
+      'SaveV2', 'MergeV2Checkpoints', 'WriteFile', 'WriteSummary')]
+  assert writers and all('/job:chief/task:0' in n.device for n in writers)
+
+
+def test_every_task_runs_the_same_command(tmp_path):
+  """`hookestimator train` on each task, TF_CONFIG telling them apart:
+  the chief trains, reports and writes; the worker writes nothing."""
+  ports = free_ports(2)
+  command = ['-m', 'hookestimator', 'train',
+             '--gin_file=runs/digits_mlp.gin', '--gin_param=TRAIN_STEPS = 20',
+             '--gin_param=RunConfig.iterations_per_loop = 10']
+  with Processes(tmp_path) as processes:
+    # The chief first here (the other tests start the worker first).
+    chief = processes.start_command(
+        'chief', command + ['--model_dir=%s' % (tmp_path / 'chief_dir')],
+        tf_config(ports, 'chief'))
+    time.sleep(1)  # Not needed to pass: the worker only comes later.
+    worker = processes.start_command(
+        'worker', command + ['--model_dir=%s' % (tmp_path / 'worker_dir')],
+        tf_config(ports, 'worker'))
+    chief_code, _, chief_out = processes.wait(chief)
+    worker_code, _, worker_out = processes.wait(worker)
+  assert chief_code == 0, chief_out[-3000:]
+  assert worker_code == 0, worker_out[-3000:]
+  assert 'to global step 20' in chief_out
+  assert os.path.exists(str(tmp_path / 'chief_dir' / 'operative_config-0.gin'))
+  assert not (tmp_path / 'worker_dir').exists()
+  assert not any(listening(p) for p in ports)
+
+
+def test_a_lost_worker_stops_the_chief_and_a_restart_resumes_exactly(
+    tmp_path):
+  """kill -9 of the worker mid-run: the chief exits non-zero within 60 s
+  naming it. Both restarted, training resumes from the chief's last
+  checkpoint to exactly max_steps with every worker's data position exact:
+  the variables are those of a run never interrupted (so every example
+  was read once per epoch)."""
+  model_dir = tmp_path / 'chief_dir'
+  ports = free_ports(2)
+  with Processes(tmp_path) as processes:
+    worker = processes.start('worker', tf_config(ports, 'worker'),
+                             tmp_path / 'worker_dir', 10 ** 6)
+    chief = processes.start('chief', tf_config(ports, 'chief'), model_dir,
+                            10 ** 6)
+    deadline = time.monotonic() + RUN_SECS
+    while (v1.train.latest_checkpoint(str(model_dir)) is None and
+           time.monotonic() < deadline and chief.poll() is None):
+      time.sleep(0.2)
+    assert v1.train.latest_checkpoint(str(model_dir)) is not None
+    os.kill(worker.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    code = chief.wait(RUN_SECS)
+    assert time.monotonic() - killed < LOST_SECS
+    _, _, out = processes.wait(chief)
+    assert code != 0
+    assert '/job:worker/task:0' in out and 'lost task' in out, out[-3000:]
+  assert not any(listening(p) for p in ports)
+  step = int(v1.train.load_variable(
+      v1.train.latest_checkpoint(str(model_dir)), 'global_step'))
+  max_steps = step + 12
+  ports = free_ports(2)
+  with Processes(tmp_path) as processes:
+    single = processes.start('single', '', tmp_path / 'single', max_steps,
+                             replicas=2)
+    out = run_cluster(processes, ports, model_dir, max_steps, tmp_path,
+                      tag='_again')
+    code, _, single_out = processes.wait(single)
+    assert code == 0, single_out[-3000:]
+  assert not any(listening(p) for p in ports)
+  got = variables(model_dir)
+  assert int(got['global_step']) == max_steps
+  assert_same_variables(got, variables(tmp_path / 'single'))
+
+
+def test_a_lost_chief_stops_the_worker_naming_it(tmp_path):
+  ports = free_ports(2)
+  with Processes(tmp_path) as processes:
+    worker = processes.start('worker', tf_config(ports, 'worker'),
+                             tmp_path / 'worker_dir', 10 ** 6)
+    chief = processes.start('chief', tf_config(ports, 'chief'),
+                            tmp_path / 'chief_dir', 10 ** 6)
+    deadline = time.monotonic() + RUN_SECS
+    while (v1.train.latest_checkpoint(str(tmp_path / 'chief_dir')) is None
+           and time.monotonic() < deadline and chief.poll() is None):
+      time.sleep(0.2)
+    os.kill(chief.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    code = worker.wait(RUN_SECS)
+    assert time.monotonic() - killed < LOST_SECS
+    _, _, out = processes.wait(worker)
+  assert code != 0
+  assert 'lost task /job:chief/task:0' in out, out[-3000:]
+  assert not any(listening(p) for p in ports)
+
+
+def test_a_worker_alone_gives_up_within_its_timeout(tmp_path):
+  ports = free_ports(2)
+  with Processes(tmp_path) as processes:
+    worker = processes.start('worker', tf_config(ports, 'worker'),
+                             tmp_path / 'worker_dir', 10, timeout=3)
+    code, seconds, out = processes.wait(worker, timeout=RUN_SECS)
+  assert code != 0
+  assert '/job:chief/task:0' in out and 'did not answer within' in out, out
+  # Start-up, the 3 s wait and at most the exit grace of a hung close.
+  assert seconds < 60
+  assert not any(listening(p) for p in ports)
+  assert not (tmp_path / 'worker_dir').exists()
+
+
+def test_sigterm_to_the_chief_checkpoints_and_stops_every_task(tmp_path):
+  model_dir = tmp_path / 'chief_dir'
+  ports = free_ports(2)
+  with Processes(tmp_path) as processes:
+    worker = processes.start('worker', tf_config(ports, 'worker'),
+                             tmp_path / 'worker_dir', 10 ** 6)
+    chief = processes.start('chief', tf_config(ports, 'chief'), model_dir,
+                            10 ** 6)
+    deadline = time.monotonic() + RUN_SECS
+    while (v1.train.latest_checkpoint(str(model_dir)) is None and
+           time.monotonic() < deadline and chief.poll() is None):
+      time.sleep(0.2)
+    os.kill(chief.pid, signal.SIGTERM)
+    chief_code, _, chief_out = processes.wait(chief)
+    worker_code, _, worker_out = processes.wait(worker)
+  assert chief_code == 128 + signal.SIGTERM, chief_out[-3000:]
+  assert 'Training stopped by SIGTERM' in worker_out, worker_out[-3000:]
+  assert worker_code == 128 + signal.SIGTERM
+  assert not any(listening(p) for p in ports)
+  path = v1.train.latest_checkpoint(str(model_dir))
+  assert path.endswith('-%d' % int(v1.train.load_variable(path,
+                                                          'global_step')))
+
+
+@pytest.mark.parametrize('value, message', [
+    ({'cluster': {'chief': ['a:1'], 'ps': ['b:2']},
+      'task': {'type': 'chief'}}, "job 'ps' is not supported"),
+    ({'cluster': {'chief': ['a:1'], 'evaluator': ['b:2']},
+      'task': {'type': 'chief'}}, "job 'evaluator' is not supported"),
+    ({'cluster': {'chief': ['a:1', 'c:3'], 'worker': ['b:2']},
+      'task': {'type': 'chief'}}, 'exactly one "chief"'),
+    ({'cluster': {'chief': ['a:1'], 'worker': ['b:99999']},
+      'task': {'type': 'chief'}}, "'b:99999'"),
+    ({'cluster': {'chief': ['a:1'], 'worker': ['b']},
+      'task': {'type': 'chief'}}, "'b'"),
+    ({'cluster': {'chief': ['a:1'], 'worker': ['b:2']},
+      'task': {'type': 'worker', 'index': 1}}, 'task index 1'),
+    ({'cluster': {'chief': ['a:1'], 'worker': ['b:2']},
+      'task': {'type': 'boss'}}, "task type 'boss'"),
+    ({'cluster': {'chief': ['a:1'], 'worker': ['b:2']}},
+     'needs a "task"'),
+    ('{not json', 'not valid JSON'),
+    ({'cluster': {'chief': ['a:1'], 'worker': ['a:1']},
+      'task': {'type': 'chief'}}, 'must be distinct'),
+])
+def test_bad_clusters_are_refused_naming_the_bad_value(value, message):
+  with pytest.raises((ValueError, TypeError)) as raised:
+    config_lib.RunConfig(cluster=value)
+  assert message in str(raised.value)
+
+
+@pytest.mark.parametrize('timeout', [0, -1, 'soon', None])
+def test_a_bad_peer_timeout_is_refused(timeout):
+  with pytest.raises((ValueError, TypeError)) as raised:
+    config_lib.RunConfig(peer_timeout_secs=timeout)
+  assert 'peer_timeout_secs' in str(raised.value)
+
+
+def test_a_cluster_is_fed_by_the_infeed_thread():
+  cluster = tf_config([2000, 2001], 'chief')
+  assert config_lib.RunConfig(cluster=cluster).feeding == 'infeed_thread'
+  assert config_lib.RunConfig().replace(cluster=cluster).feeding == (
+      'infeed_thread')
+  with pytest.raises(ValueError) as raised:
+    config_lib.RunConfig(cluster=cluster, feeding='in_loop')
+  assert "feeding='in_loop' cannot be honoured on a cluster" in str(
+      raised.value)
+
+
+def test_the_command_runs_only_train_on_a_cluster(tmp_path, monkeypatch,
+                                                  capsys):
+  import gin  # pylint: disable=g-import-not-at-top
+  from hookestimator import main as main_lib  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('TF_CONFIG', tf_config([2000, 2001], 'chief'))
+  gin.clear_config()
+  try:
+    code = main_lib.main(['evaluate', '--model_dir=%s' % tmp_path,
+                          '--gin_file=runs/digits_mlp.gin'])
+  finally:
+    gin.clear_config()
+  assert code == main_lib.EXIT_CONFIG_ERROR
+  assert 'evaluate does not run on a cluster' in capsys.readouterr().err
+
+
+def test_tf_config_gives_the_task_and_its_devices():
+  parsed = cluster_lib.from_environment({'TF_CONFIG': tf_config(
+      [2000, 2001, 2002], 'worker', 1)})
+  assert parsed.num_workers == 3
+  assert parsed.worker_index == 2
+  assert parsed.replica_devices('cpu', 2)[-1] == '/job:worker/task:1/device:CPU:1'
+  assert parsed.host_device(0) == '/job:chief/task:0/device:CPU:0'
+  assert cluster_lib.from_environment({}) is None
+  # The chief alone is no cluster: training runs in the process.
+  assert cluster_lib.parse({'cluster': {'chief': ['a:1']},
+                            'task': {'type': 'chief'}}) is None
+  config = config_lib.RunConfig(cluster=tf_config([2000, 2001], 'chief'))
+  assert config.replace(num_replicas=2).cluster == config.cluster
+
+
+def test_the_cluster_bench_reports_one_and_two_workers(tmp_path):
+  with Processes(tmp_path) as processes:
+    bench = processes.start_command('bench', ['-m', 'bench.cluster',
+                                              '--quick'])
+    code, _, out = processes.wait(bench)
+  assert code == 0, out[-3000:]
+  rows = [line.split('|')[1:-1] for line in out.splitlines()
+          if line.startswith('| 32 ')]
+  assert [int(row[2]) for row in rows] == [1, 2]
+  assert all(float(row[3]) > 0 for row in rows)
+  # 2 (W - 1) x 4 bytes x 2,410 parameters.
+  assert [int(row[5]) for row in rows] == [0, 19280]
