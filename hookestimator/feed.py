@@ -146,6 +146,14 @@ def _flat_paths(structure, prefix=('features', 'labels')):
   return names
 
 
+def _batch(flat, shapes, structure):
+  """The (features, labels) of a batch read as `flat` tensors, each given
+  its static shape."""
+  for tensor, shape in zip(flat, shapes):
+    tensor.set_shape(shape)
+  return tf.nest.pack_sequence_as(structure, flat)
+
+
 class InLoopInfeed(object):
   """The dataset iterator, read inside the device loop, one batch per step.
 
@@ -178,9 +186,7 @@ class InLoopInfeed(object):
     """One batch as (features, labels), for use inside the device loop."""
     with tf.device(HOST_DEVICE):
       flat = tf.nest.flatten(self._iterator.get_next())
-    for tensor, shape in zip(flat, self._shapes):
-      tensor.set_shape(shape)
-    return tf.nest.pack_sequence_as(self._structure, flat)
+    return _batch(flat, self._shapes, self._structure)
 
   def release_session(self):
     pass
@@ -236,10 +242,7 @@ class HostInfeed(object):
 
   def dequeue(self):
     """One batch as (features, labels), for use inside the device loop."""
-    flat = self._dequeue_flat()
-    for tensor, shape in zip(flat, self._shapes):
-      tensor.set_shape(shape)
-    return tf.nest.pack_sequence_as(self._structure, flat)
+    return _batch(self._dequeue_flat(), self._shapes, self._structure)
 
   def run_loop(self, session, count):
     """Enqueues `count` batches; returns False when the input has ended.

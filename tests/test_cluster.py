@@ -122,6 +122,21 @@ def run_cluster(processes, ports, model_dir, max_steps, tmp_path, tag=''):
   return chief_out
 
 
+def start_and_wait_for_a_checkpoint(processes, ports, model_dir, tmp_path):
+  """Starts a worker and a chief training without end; returns (worker,
+  chief) once the chief has written a checkpoint, has ended, or RUN_SECS
+  have passed."""
+  worker = processes.start('worker', tf_config(ports, 'worker'),
+                           tmp_path / 'worker_dir', 10 ** 6)
+  chief = processes.start('chief', tf_config(ports, 'chief'), model_dir,
+                          10 ** 6)
+  deadline = time.monotonic() + RUN_SECS
+  while (v1.train.latest_checkpoint(str(model_dir)) is None and
+         time.monotonic() < deadline and chief.poll() is None):
+    time.sleep(0.2)
+  return worker, chief
+
+
 def variables(model_dir):
   path = v1.train.latest_checkpoint(str(model_dir))
   return {name: v1.train.load_variable(path, name)
@@ -216,14 +231,8 @@ def test_a_lost_worker_stops_the_chief_and_a_restart_resumes_exactly(
   model_dir = tmp_path / 'chief_dir'
   ports = free_ports(2)
   with Processes(tmp_path) as processes:
-    worker = processes.start('worker', tf_config(ports, 'worker'),
-                             tmp_path / 'worker_dir', 10 ** 6)
-    chief = processes.start('chief', tf_config(ports, 'chief'), model_dir,
-                            10 ** 6)
-    deadline = time.monotonic() + RUN_SECS
-    while (v1.train.latest_checkpoint(str(model_dir)) is None and
-           time.monotonic() < deadline and chief.poll() is None):
-      time.sleep(0.2)
+    worker, chief = start_and_wait_for_a_checkpoint(processes, ports,
+                                                    model_dir, tmp_path)
     assert v1.train.latest_checkpoint(str(model_dir)) is not None
     os.kill(worker.pid, signal.SIGKILL)
     killed = time.monotonic()
@@ -253,14 +262,8 @@ def test_a_lost_worker_stops_the_chief_and_a_restart_resumes_exactly(
 def test_a_lost_chief_stops_the_worker_naming_it(tmp_path):
   ports = free_ports(2)
   with Processes(tmp_path) as processes:
-    worker = processes.start('worker', tf_config(ports, 'worker'),
-                             tmp_path / 'worker_dir', 10 ** 6)
-    chief = processes.start('chief', tf_config(ports, 'chief'),
-                            tmp_path / 'chief_dir', 10 ** 6)
-    deadline = time.monotonic() + RUN_SECS
-    while (v1.train.latest_checkpoint(str(tmp_path / 'chief_dir')) is None
-           and time.monotonic() < deadline and chief.poll() is None):
-      time.sleep(0.2)
+    worker, chief = start_and_wait_for_a_checkpoint(
+        processes, ports, tmp_path / 'chief_dir', tmp_path)
     os.kill(chief.pid, signal.SIGKILL)
     killed = time.monotonic()
     code = worker.wait(RUN_SECS)
@@ -289,14 +292,8 @@ def test_sigterm_to_the_chief_checkpoints_and_stops_every_task(tmp_path):
   model_dir = tmp_path / 'chief_dir'
   ports = free_ports(2)
   with Processes(tmp_path) as processes:
-    worker = processes.start('worker', tf_config(ports, 'worker'),
-                             tmp_path / 'worker_dir', 10 ** 6)
-    chief = processes.start('chief', tf_config(ports, 'chief'), model_dir,
-                            10 ** 6)
-    deadline = time.monotonic() + RUN_SECS
-    while (v1.train.latest_checkpoint(str(model_dir)) is None and
-           time.monotonic() < deadline and chief.poll() is None):
-      time.sleep(0.2)
+    worker, chief = start_and_wait_for_a_checkpoint(processes, ports,
+                                                    model_dir, tmp_path)
     os.kill(chief.pid, signal.SIGTERM)
     chief_code, _, chief_out = processes.wait(chief)
     worker_code, _, worker_out = processes.wait(worker)
