@@ -5,6 +5,7 @@ by host controller threads, with every moving part a SessionRunHook.
 """
 from hookestimator.config import RunConfig
 from hookestimator.estimator import HookEstimator
+from hookestimator.feeders import feed_forever
 from hookestimator.model_dir import CheckpointMismatchError
 from hookestimator.nan import NanLossError
 from hookestimator.peers import LostTaskError
@@ -17,5 +18,5 @@ from hookestimator.spec import ModeKeys
 __all__ = ['CheckpointMismatchError', 'EstimatorSpec', 'HookEstimator',
            'HookEstimatorSpec', 'LostTaskError',
            'ModeKeys', 'NanLossError', 'RunConfig', 'TrainingInterrupted',
-           'cross_replica_sum']
+           'cross_replica_sum', 'feed_forever']
 __version__ = '0.1.0'

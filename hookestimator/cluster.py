@@ -8,8 +8,10 @@ each worker's input pipeline goes.
 
 The chief (job `chief`, task 0) is worker 0 and the client of the run: it
 builds the one graph. Task i of job `worker` is worker i + 1. Every worker
-runs `num_replicas` replicas on its own devices and one input pipeline on
-its own CPU.
+runs `num_replicas` replicas on its own devices and, in a cluster without
+feeders, one input pipeline on its own CPU. With a `feeder` job, the
+feeders run the input pipelines instead (feeders.py), one each, and feed
+the chief, which then trains alone (no `worker` job).
 """
 import json
 import logging
@@ -19,7 +21,7 @@ import re
 log = logging.getLogger(__name__)
 
 TF_CONFIG = 'TF_CONFIG'
-JOBS = ('chief', 'worker')
+JOBS = ('chief', 'worker', 'feeder')
 _ADDRESS = re.compile(r'^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$')
 
 
@@ -28,7 +30,7 @@ class Cluster(object):
 
   Attributes:
     jobs: {'chief': [address], 'worker': [address, ...]}.
-    task_type: 'chief' or 'worker'.
+    task_type: 'chief', 'worker' or 'feeder'.
     task_index: the task's index in its job.
   """
 
@@ -61,6 +63,16 @@ class Cluster(object):
                              range(len(self.jobs.get('worker', ())))]
 
   @property
+  def feeders(self):
+    """(job, index) of every feeder."""
+    return [('feeder', i) for i in range(len(self.jobs.get('feeder', ())))]
+
+  @property
+  def peers(self):
+    """(job, index) of every task but the chief: workers, then feeders."""
+    return self.tasks[1:] + self.feeders
+
+  @property
   def task(self):
     return (self.task_type, self.task_index)
 
@@ -80,6 +92,10 @@ class Cluster(object):
   def host_device(self, worker):
     """The CPU of worker `worker` (an index into `tasks`)."""
     return task_name(self.tasks[worker]) + '/device:CPU:0'
+
+  def feeder_device(self, feeder):
+    """The CPU of feeder `feeder` (an index into `feeders`)."""
+    return task_name(self.feeders[feeder]) + '/device:CPU:0'
 
   def replica_devices(self, kind, local_count):
     """Every replica's device: `local_count` per worker, worker by worker."""
@@ -114,9 +130,9 @@ def _check_jobs(jobs):
     if job not in JOBS:
       raise ValueError(
           'cluster job %r is not supported: a hookestimator cluster has a '
-          '"chief" and "worker" tasks (no parameter servers; evaluate the '
-          "chief's checkpoints with `hookestimator evaluate` instead of an "
-          'evaluator task)' % (job,))
+          '"chief", and "worker" or "feeder" tasks (no parameter servers; '
+          "evaluate the chief's checkpoints with `hookestimator evaluate` "
+          'instead of an evaluator task)' % (job,))
   chief = jobs.get('chief')
   if not isinstance(chief, (list, tuple)) or len(chief) != 1:
     raise ValueError('the cluster needs exactly one "chief" address, got '
@@ -133,6 +149,12 @@ def _check_jobs(jobs):
                          '"host:port" with a port from 1 to 65535' %
                          (job, address))
     checked[job] = list(addresses)
+  if checked.get('feeder') and checked.get('worker'):
+    raise ValueError(
+        'a cluster with a "feeder" job trains on the chief alone, but this '
+        'one also has the "worker" job %r; drop the workers (give the chief '
+        'more replicas with num_replicas) or the feeders' %
+        (checked['worker'],))
   everything = [a for addresses in checked.values() for a in addresses]
   if len(set(everything)) != len(everything):
     raise ValueError('cluster addresses must be distinct, got %r' % (jobs,))
@@ -172,7 +194,7 @@ def parse(value, source='cluster'):
     raise ValueError('%s needs a "task" with its "type" and "index" (this '
                      "process's role), got %r" % (source, task))
   cluster = Cluster(jobs, task['type'], task.get('index', 0))
-  if cluster.num_workers == 1:
+  if not cluster.peers:
     log.info('%s names the chief alone: training runs in this process.',
              source)
     return None

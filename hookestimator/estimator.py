@@ -167,7 +167,7 @@ class HookEstimator(object):
       return self
     server = peers.server(cluster, self._config.session_config)
     if not cluster.is_chief:
-      peers.serve_worker(cluster, server, self._config.peer_timeout_secs)
+      peers.serve(cluster, server, self._config.peer_timeout_secs)
     peers.run_chief(cluster, server, self._config.peer_timeout_secs,
                     lambda: self._train(input_fn, steps, max_steps,
                                         user_hooks))

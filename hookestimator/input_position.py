@@ -205,14 +205,14 @@ class InputPositions(object):
 
 def for_infeed(infeed):
   """The position of `infeed`'s input: one InputPosition, or with one part
-  per worker (worker_feeds.WorkerInfeeds) one per worker, each under a key
-  naming its worker."""
+  per worker (worker_feeds.WorkerInfeeds) or feeder (feeders.FeederInfeeds)
+  one per part, each under a key naming its part."""
   parts = getattr(infeed, 'parts', None)
   if parts is None:
     return InputPosition(infeed.initializer)
   return InputPositions([
       InputPosition(part.initializer, save_device=infeed.save_device,
-                    label='worker_%d_' % index)
+                    label='%s_%d_' % (infeed.part_label, index))
       for index, part in enumerate(parts)])
 
 

@@ -5,8 +5,9 @@
 
 MODE is train, evaluate (the latest checkpoint, on the model's held-out
 data), predict (writes the held-out predictions as JSON lines into
-model_dir) or train_and_evaluate (evaluating every
-experiment.eval_every_steps).
+model_dir), train_and_evaluate (evaluating every
+experiment.eval_every_steps) or feed (a feeder task of a cluster, as
+TF_CONFIG names it, serving the chief's training; see docs/cluster.md).
 
 Everything about the experiment comes from gin: the model (a factory from
 `models/`), the steps, the batch size, the loop size, checkpointing, hooks.
@@ -32,6 +33,7 @@ import tensorflow as tf
 from hookestimator import config as config_lib
 from hookestimator import estimator as estimator_lib
 from hookestimator import event_writer
+from hookestimator import feeders
 from hookestimator import model_dir as model_dir_lib
 from hookestimator.compat import v1
 from hookestimator.progress import ProgressHook
@@ -42,7 +44,7 @@ log = logging.getLogger(__name__)
 # carries as hookestimator/configs, in a checkout and when installed.
 GIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
 EXIT_CONFIG_ERROR = 2
-MODES = ('train', 'evaluate', 'predict', 'train_and_evaluate')
+MODES = ('train', 'evaluate', 'predict', 'train_and_evaluate', 'feed')
 
 # The root injection sites: the estimator and its run config (the
 # experiment function below and the model factories are the others).
@@ -207,7 +209,14 @@ def configure(argv):
   except (ValueError, TypeError, RuntimeError) as error:
     raise ConfigError(_explain_gin_error(error))
   cluster = estimator.config.cluster
-  if cluster is not None and args.mode != 'train':
+  if args.mode == 'feed' and (cluster is None or
+                              cluster.task_type != 'feeder'):
+    raise ConfigError(
+        'feed runs on a task of the cluster\'s "feeder" job, and TF_CONFIG '
+        'names %s; start the trainer with train' % (
+            'no cluster' if cluster is None else
+            'task %s' % cluster.describe(cluster.task)))
+  if cluster is not None and args.mode not in ('train', 'feed'):
     raise ConfigError(
         '%s does not run on a cluster (TF_CONFIG names task %s): train on '
         "every task, then %s the chief's model_dir without TF_CONFIG" % (
@@ -225,7 +234,8 @@ def configure(argv):
 
 
 def is_worker(estimator):
-  """Whether this process is a worker of a cluster (not its chief)."""
+  """Whether this process is a worker or feeder of a cluster (not its
+  chief)."""
   cluster = estimator.config.cluster
   return cluster is not None and not cluster.is_chief
 
@@ -300,8 +310,11 @@ def main(argv=None, stream=None):
   except ConfigError as error:
     print('hookestimator: configuration error: %s' % error, file=sys.stderr)
     return EXIT_CONFIG_ERROR
+  # A worker or feeder serves the chief's run, then ends the process with
+  # its status.
+  if args.mode == 'feed':
+    feeders.feed_forever(estimator.config)
   if is_worker(estimator):
-    # Serves the chief's run, then ends the process with its status.
     estimator.train(exp.model.train_input_fn, max_steps=exp.train_steps)
   config_path = save_operative_config(args.model_dir,
                                       estimator.checkpoint_step())

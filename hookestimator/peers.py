@@ -3,13 +3,14 @@ through TensorFlow's own gRPC runtime (nothing here opens a socket).
 
 - `server(cluster, config)`: this process's tf.distribute.Server, started
   once. TensorFlow cannot stop a gRPC server in-process, so its port
-  closes when the process exits: a worker's process ends with its run,
+  closes when the process exits: a worker's or feeder's process ends
+  with its run,
   and `hookestimator train` exits when the chief's run ends.
 - Reaching a peer: a session on this task's server running a trivial op
   on the peer. Creating a session waits for every task it names without
   a deadline, so the first contact runs on a thread joined with one.
-- Messages: the chief keeps one queue per worker (an outbox) and one
-  inbox on its own CPU; a worker takes its message from its outbox and
+- Messages: the chief keeps one queue per other task (an outbox) and one
+  inbox on its own CPU; a task takes its message from its outbox and
   answers in the inbox. A message is an exit status and a text.
 - Bounded exits: a session with a lost task cannot be closed (TensorFlow
   waits for the task forever), so on every path where a task was lost the
@@ -31,12 +32,12 @@ log = logging.getLogger(__name__)
 
 # A peer that does not run a trivial op within this long is lost.
 PROBE_SECS = 5
-# How often the chief checks its workers, and a worker its outbox.
+# How often the chief checks the other tasks, and each task its outbox.
 WATCH_SECS = 1.0
 POLL_SECS = 1.0
 # Between tries to reach a peer that is not listening yet.
 RETRY_SECS = 0.25
-# How long the chief waits for every worker to read its last message.
+# How long the chief waits for every task to read its last message.
 ANSWER_SECS = 10
 # After a task was lost, the process ends at most this long after.
 EXIT_GRACE_SECS = 15
@@ -54,7 +55,7 @@ class LostTaskError(RuntimeError):
 
 
 class RunFailedError(RuntimeError):
-  """The chief's run failed; a worker exits with this."""
+  """The chief's run failed; a worker or feeder exits with this."""
 
 
 def server(cluster, session_config):
@@ -104,10 +105,11 @@ def _cpu(task):
   return cluster_lib.task_name(task) + '/device:CPU:0'
 
 
-def _outbox(worker):
+def _outbox(peer):
+  """The chief's messages to peer `peer` (an index into cluster.peers)."""
   return v1.FIFOQueue(_OUTBOX_CAPACITY, [tf.string], shapes=[[]],
-                      shared_name='hookestimator_outbox_%d' % worker,
-                      name='outbox_%d' % worker)
+                      shared_name='hookestimator_outbox_%d' % peer,
+                      name='outbox_%d' % peer)
 
 
 def _inbox():
@@ -195,18 +197,18 @@ def connect(links, timeout):
 
 
 class ChiefPeers(object):
-  """The chief's side: waits for the workers, watches them during the
-  run, and tells them how it ended."""
+  """The chief's side: waits for the other tasks (workers and feeders),
+  watches them during the run, and tells them how it ended."""
 
   def __init__(self, server_, cluster):
     self._cluster = cluster
     self._links = [_Link(server_, cluster, task)
-                   for task in cluster.tasks[1:]]
+                   for task in cluster.peers]
     self._graph = tf.Graph()
     with self._graph.as_default(), tf.device(_cpu(('chief', 0))):
       self._message = v1.placeholder(tf.string, [])
-      self._posts = [_outbox(w).enqueue(self._message)
-                     for w in range(1, cluster.num_workers)]
+      self._posts = [_outbox(p).enqueue(self._message)
+                     for p in range(len(cluster.peers))]
       self._answer = _inbox().dequeue()
     self._local = v1.Session(
         server_.target, graph=self._graph,
@@ -218,8 +220,8 @@ class ChiefPeers(object):
     self._lock = threading.Lock()
 
   def wait(self, timeout):
-    """Waits for every worker to answer, and to have reached the chief
-    (a worker's first tries can leave its channel to the chief backing
+    """Waits for every other task to answer, and to have reached the chief
+    (a task's first tries can leave its channel to the chief backing
     off for seconds, failing the first loop): each says hello."""
     deadline = time.monotonic() + timeout
     connect(self._links, timeout)
@@ -237,11 +239,12 @@ class ChiefPeers(object):
         raise error
       missing.discard(hello.decode('utf-8'))
     log.info('Every task of the cluster answered: %s',
-             ', '.join(self._cluster.describe(t) for t in self._cluster.tasks))
+             ', '.join(self._cluster.describe(t) for t in
+                       [('chief', 0)] + self._cluster.peers))
 
   def watch(self):
-    """Probes every worker each WATCH_SECS on a thread; a lost one ends
-    the run (the other workers are told, and this process ends)."""
+    """Probes every other task each WATCH_SECS on a thread; a lost one
+    ends the run (the others are told, and this process ends)."""
     self._watching = threading.Thread(target=self._watch, daemon=True,
                                       name='ClusterWatch')
     self._watching.start()
@@ -266,7 +269,7 @@ class ChiefPeers(object):
       self._watching.join(PROBE_SECS * 2)
 
   def lost(self):
-    """The names of the workers that do not answer now (and of those
+    """The names of the tasks that do not answer now (and of those
     found lost before)."""
     return self._record_lost(self._not_answering())
 
@@ -279,13 +282,13 @@ class ChiefPeers(object):
       return list(self._lost)
 
   def close_links(self):
-    """Closes the sessions with the workers; only while every one
+    """Closes the sessions with the other tasks; only while every one
     answers (closing one with a lost task hangs)."""
     for link in self._links:
       link.close()
 
   def post(self, code, text):
-    """Tells every worker not lost to exit with `code`, saying `text`;
+    """Tells every task not lost to exit with `code`, saying `text`;
     waits up to ANSWER_SECS for them to take it. Once per run."""
     with self._lock:
       if self._posted:
@@ -303,7 +306,7 @@ class ChiefPeers(object):
       try:
         self._local.run(self._answer, options=_timeout(max(left, 0.001)))
       except tf.errors.DeadlineExceededError:
-        log.warning('A worker did not take the end-of-run message within '
+        log.warning('A task did not take the end-of-run message within '
                     '%d s', ANSWER_SECS)
         return
 
@@ -315,7 +318,7 @@ def lost_message(names):
 
 
 def run_chief(cluster, server_, timeout, run):
-  """Runs `run()` (the training) on the chief, with every worker waited
+  """Runs `run()` (the training) on the chief, with every other task waited
   for first, watched during it and told how it ended after it."""
   peers = ChiefPeers(server_, cluster)
   peers.wait(timeout)
@@ -346,17 +349,19 @@ def run_chief(cluster, server_, timeout, run):
   return result
 
 
-def serve_worker(cluster, server_, timeout):
-  """A worker's part: waits for the chief, serves its run (the chief's
-  session runs this task's replicas and input), and when the chief says
+def serve(cluster, server_, timeout):
+  """A worker's or feeder's part: waits for the chief, serves its run (the
+  chief's session runs this task's replicas or input pipeline), and when
+  the chief says
   the run ended, or stops answering, ends the process: status 0 when the
   run succeeded, else non-zero. Never returns."""
-  worker = cluster.worker_index
+  peer = cluster.peers.index(cluster.task)
   name = cluster_lib.task_name(cluster.task)
+  role = cluster.task_type.capitalize()
 
   def build():
     answer = v1.placeholder(tf.string, [])
-    return _outbox(worker).dequeue(), _inbox().enqueue(answer), answer
+    return _outbox(peer).dequeue(), _inbox().enqueue(answer), answer
   chief = _Link(server_, cluster, ('chief', 0), build)
   take, give, answer = chief.ops
   deadline = time.monotonic() + timeout
@@ -375,8 +380,8 @@ def serve_worker(cluster, server_, timeout):
           raise
         time.sleep(RETRY_SECS)
   except (LostTaskError, tf.errors.OpError) as error:
-    _exit(EXIT_LOST, 'Worker %s: %s' % (name, _first_line(error)))
-  log.info('Worker %s serves the chief %s', name, chief.name)
+    _exit(EXIT_LOST, '%s %s: %s' % (role, name, _first_line(error)))
+  log.info('%s %s serves the chief %s', role, name, chief.name)
   slow_probes = 0
   while True:
     try:
@@ -391,15 +396,15 @@ def serve_worker(cluster, server_, timeout):
     except tf.errors.OpError:  # Unreachable: the chief is gone.
       message = None
     if message is None:
-      end_process_after(EXIT_GRACE_SECS, 'Worker %s: %s' % (
-          name, lost_message([chief.name])))
-      _exit(EXIT_LOST, 'Worker %s: %s' % (name, lost_message([chief.name])))
+      text = '%s %s: %s' % (role, name, lost_message([chief.name]))
+      end_process_after(EXIT_GRACE_SECS, text)
+      _exit(EXIT_LOST, text)
     code, text = message.decode('utf-8').split('\t', 1)
     try:
       chief.session.run(give, {answer: name}, options=_timeout(PROBE_SECS))
     except tf.errors.OpError:
       pass  # The chief is gone already; it gave its word.
-    _exit(int(code), 'Worker %s: %s' % (name, text))
+    _exit(int(code), '%s %s: %s' % (role, name, text))
 
 
 def _exit(code, text):

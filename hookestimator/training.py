@@ -10,6 +10,7 @@ import tensorflow as tf
 from hookestimator import devices
 from hookestimator import event_writer
 from hookestimator import feed
+from hookestimator import feeders
 from hookestimator import hooks as hooks_lib
 from hookestimator import loop as loop_lib
 from hookestimator import model_dir as model_dir_lib
@@ -65,8 +66,17 @@ class Training(object):
       with tf.device(feed.HOST_DEVICE):
         dataset = plan.replicate_input(dataset)
       infeed, outfeed = feed.make_feeds(device.kind, dataset, config.feeding)
+    elif cluster.feeders:
+      hosts = [cluster.feeder_device(i) for i in range(len(cluster.feeders))]
+      infeed = feeders.FeederInfeeds(
+          _pipelines(estimator, input_fn, plan, hosts), hosts,
+          cluster.host_device(0))
+      outfeed = feed.HostOutfeed()
     else:
-      infeed = _worker_infeeds(estimator, input_fn, plan, cluster)
+      hosts = [cluster.host_device(w) for w in range(cluster.num_workers)]
+      infeed = worker_feeds.WorkerInfeeds(
+          _pipelines(estimator, input_fn, plan, hosts), hosts,
+          plan.local_count, cluster.host_device(0))
       outfeed = feed.HostOutfeed()
     device_loop = loop_lib.DeviceLoop(
         global_step, infeed, outfeed,
@@ -75,7 +85,7 @@ class Training(object):
         device, check_nan_loss=config.check_nan_loss,
         replica_devices=plan.devices,
         # Across workers the sums are collective all-reduces.
-        collective=cluster is not None)
+        collective=cluster is not None and cluster.num_workers > 1)
     # Before anything is written to model_dir.
     model_dir_lib.check_checkpoint_matches(estimator.latest_checkpoint(),
                                            v1.global_variables())
@@ -165,19 +175,17 @@ class Training(object):
                                        estimator.latest_checkpoint())
 
 
-def _worker_infeeds(estimator, input_fn, plan, cluster):
-  """input_fn called once per worker on that worker's CPU, its params
-  carrying the worker's input_context; the infeeds of all workers."""
-  datasets, hosts = [], []
-  for worker in range(cluster.num_workers):
-    host = cluster.host_device(worker)
+def _pipelines(estimator, input_fn, plan, hosts):
+  """input_fn's datasets, one per host (a worker's or feeder's CPU), each
+  called and placed on its host with params['input_context'] naming its
+  shard."""
+  datasets = []
+  for index, host in enumerate(hosts):
     params = dict(estimator.params, batch_size=plan.input_batch,
                   input_context=worker_feeds.input_context(
-                      worker, cluster.num_workers, plan.count))
+                      index, len(hosts), plan.count))
     with tf.device(host):
       dataset = estimator._call_input_fn(input_fn, params)
       with tf.device(feed.HOST_DEVICE):
         datasets.append(plan.replicate_input(dataset))
-    hosts.append(host)
-  return worker_feeds.WorkerInfeeds(datasets, hosts, plan.local_count,
-                                    cluster.host_device(0))
+  return datasets

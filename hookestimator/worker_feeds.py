@@ -38,6 +38,8 @@ class WorkerInfeeds(object):
   """
 
   feeds_from_thread = True
+  # Checkpoint keys of the input positions: worker_0_..., worker_1_...
+  part_label = 'worker'
 
   def __init__(self, datasets, devices, local_count, save_device):
     self.parts = []

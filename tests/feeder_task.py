@@ -1,0 +1,79 @@
+"""One task of a test cluster with feeders, in a process of its own:
+
+    python tests/feeder_task.py CLUSTER MODEL_DIR MAX_STEPS EPOCHS TIMEOUT
+
+The chief trains digits_mlp (16 hidden units) at a batch of 16 on the
+first EXAMPLES training examples, each with its id, to MAX_STEPS; EPOCHS
+is how often the input repeats (0: forever). Every feeder reads its shard
+(input_context) in order. The model counts in the variable `id_counts`
+how often each id was trained on. A feeder task serves through
+hookestimator.feed_forever. CLUSTER is TF_CONFIG's JSON ('' trains in this
+process alone); TIMEOUT is peer_timeout_secs. The chief prints
+{"step": N} at the end.
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+
+import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import hookestimator as he  # pylint: disable=g-import-not-at-top,wrong-import-position
+from hookestimator.models import digits_mlp  # pylint: disable=g-import-not-at-top,wrong-import-position
+from hookestimator.models import shard  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+v1 = tf.compat.v1
+# 48 examples per feeder's shard, 3 batches: an epoch of the two shards is
+# 6 steps, which checkpoints every 4 steps seldom end exactly on.
+EXAMPLES = 96
+BATCH = 16
+
+
+def input_fn(params):
+  (x, y), _ = digits_mlp.load_split(297)
+  ids = tf.range(EXAMPLES, dtype=tf.int64)
+  dataset = tf.data.Dataset.from_tensor_slices(
+      ({'pixels': x[:EXAMPLES], 'id': ids}, y[:EXAMPLES]))
+  dataset = shard(dataset, params)
+  epochs = params['epochs']
+  dataset = dataset.repeat(epochs if epochs > 0 else None)
+  return dataset.batch(params['batch_size'], drop_remainder=True)
+
+
+def make_model_fn():
+  model = digits_mlp.digits_mlp(hidden_units=(16,), seed=1)
+
+  def model_fn(features, labels, mode):
+    counts = v1.get_variable('id_counts', [EXAMPLES], tf.int64,
+                             initializer=v1.zeros_initializer(),
+                             trainable=False)
+    spec = model.model_fn(features['pixels'], labels, mode)
+    count = v1.scatter_add(counts, features['id'],
+                           tf.ones_like(features['id']))
+    return spec._replace(train_op=tf.group(spec.train_op, count))
+  return model_fn
+
+
+def config(cluster, model_dir, timeout):
+  return he.RunConfig(model_dir=model_dir, iterations_per_loop=4,
+                      save_checkpoints_steps=4, cluster=cluster,
+                      peer_timeout_secs=float(timeout))
+
+
+def main():
+  cluster, model_dir, max_steps, epochs, timeout = sys.argv[1:6]
+  run_config = config(cluster, model_dir, timeout)
+  if run_config.cluster is not None and (
+      run_config.cluster.task_type == 'feeder'):
+    he.feed_forever(run_config)
+  estimator = he.HookEstimator(make_model_fn(), config=run_config,
+                               train_batch_size=BATCH,
+                               params={'epochs': int(epochs)})
+  estimator.train(input_fn, max_steps=int(max_steps))
+  print(json.dumps({'step': estimator.checkpoint_step()}))
+
+
+if __name__ == '__main__':
+  main()
