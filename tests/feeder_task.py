@@ -1,6 +1,7 @@
 """One task of a test cluster with feeders, in a process of its own:
 
-    python tests/feeder_task.py CLUSTER MODEL_DIR MAX_STEPS EPOCHS TIMEOUT
+    python tests/feeder_task.py CLUSTER MODEL_DIR MAX_STEPS EPOCHS TIMEOUT \
+        [LOOP_SLEEP]
 
 The chief trains digits_mlp (16 hidden units) at a batch of 16 on the
 first EXAMPLES training examples, each with its id, to MAX_STEPS; EPOCHS
@@ -8,12 +9,14 @@ is how often the input repeats (0: forever). Every feeder reads its shard
 (input_context) in order. The model counts in the variable `id_counts`
 how often each id was trained on. A feeder task serves through
 hookestimator.feed_forever. CLUSTER is TF_CONFIG's JSON ('' trains in this
-process alone); TIMEOUT is peer_timeout_secs. The chief prints
-{"step": N} at the end.
+process alone); TIMEOUT is peer_timeout_secs. The chief sleeps LOOP_SLEEP
+seconds after each loop of 4 steps, and prints {"step": N} at the end.
 """
 import json
+import logging
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
@@ -56,6 +59,15 @@ def make_model_fn():
   return model_fn
 
 
+class SlowLoops(v1.train.SessionRunHook):
+
+  def __init__(self, seconds):
+    self._seconds = seconds
+
+  def after_run(self, run_context, run_values):
+    time.sleep(self._seconds)
+
+
 def config(cluster, model_dir, timeout):
   return he.RunConfig(model_dir=model_dir, iterations_per_loop=4,
                       save_checkpoints_steps=4, cluster=cluster,
@@ -63,7 +75,11 @@ def config(cluster, model_dir, timeout):
 
 
 def main():
+  logging.basicConfig()
+  # Says whether each feeder's input position was restored.
+  logging.getLogger('hookestimator.input_position').setLevel(logging.INFO)
   cluster, model_dir, max_steps, epochs, timeout = sys.argv[1:6]
+  loop_sleep = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
   run_config = config(cluster, model_dir, timeout)
   if run_config.cluster is not None and (
       run_config.cluster.task_type == 'feeder'):
@@ -71,7 +87,8 @@ def main():
   estimator = he.HookEstimator(make_model_fn(), config=run_config,
                                train_batch_size=BATCH,
                                params={'epochs': int(epochs)})
-  estimator.train(input_fn, max_steps=int(max_steps))
+  estimator.train(input_fn, max_steps=int(max_steps),
+                  hooks=[SlowLoops(loop_sleep)])
   print(json.dumps({'step': estimator.checkpoint_step()}))
 
 

@@ -11,9 +11,6 @@ import glob
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -22,35 +19,15 @@ import tensorflow as tf
 
 from hookestimator import cluster as cluster_lib
 from hookestimator import config as config_lib
+from tests import processes as processes_lib
+from tests.processes import LOST_SECS
+from tests.processes import REPO_ROOT
+from tests.processes import RUN_SECS
+from tests.processes import free_ports
+from tests.processes import listening
 
 v1 = tf.compat.v1
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASK = os.path.join(REPO_ROOT, 'tests', 'cluster_task.py')
-RUN_SECS = 120  # No process of these tests may run longer.
-LOST_SECS = 60  # The issue's bound for noticing a lost task.
-
-
-def free_ports(count):
-  sockets = []
-  try:
-    for _ in range(count):
-      s = socket.socket()
-      s.bind(('127.0.0.1', 0))
-      sockets.append(s)
-    return [s.getsockname()[1] for s in sockets]
-  finally:
-    for s in sockets:
-      s.close()
-
-
-def listening(port):
-  """Whether anything accepts connections on 127.0.0.1:`port`."""
-  s = socket.socket()
-  s.settimeout(1)
-  try:
-    return s.connect_ex(('127.0.0.1', port)) == 0
-  finally:
-    s.close()
 
 
 def tf_config(ports, task_type, index=0):
@@ -60,13 +37,8 @@ def tf_config(ports, task_type, index=0):
       'task': {'type': task_type, 'index': index}})
 
 
-class Processes(object):
-  """Processes started in their own process groups; every group is killed
-  on the way out, pass or fail."""
-
-  def __init__(self, tmp_path):
-    self._tmp_path = tmp_path
-    self._started = []
+class Processes(processes_lib.Processes):
+  """Starts tests/cluster_task.py too."""
 
   def start(self, name, cluster, model_dir, max_steps, replicas=1,
             timeout=30):
@@ -74,39 +46,6 @@ class Processes(object):
     return self.start_command(name, [
         TASK, cluster, str(model_dir), str(max_steps), str(replicas),
         str(timeout)])
-
-  def start_command(self, name, argv, tf_config_value=None):
-    """Starts Python with `argv`, TF_CONFIG set to `tf_config_value`."""
-    log = open(str(self._tmp_path / ('%s.log' % name)), 'w')
-    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
-    env.pop('TF_CONFIG', None)
-    if tf_config_value is not None:
-      env['TF_CONFIG'] = tf_config_value
-    process = subprocess.Popen(
-        [sys.executable] + argv, cwd=REPO_ROOT, env=env, stdout=log,
-        stderr=subprocess.STDOUT, start_new_session=True)
-    process.log_path = log.name
-    log.close()
-    process.started = time.monotonic()
-    self._started.append(process)
-    return process
-
-  def wait(self, process, timeout=RUN_SECS):
-    """(exit status, seconds since it started, its output)."""
-    code = process.wait(timeout)
-    with open(process.log_path) as f:
-      return code, time.monotonic() - process.started, f.read()
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *unused):
-    for process in self._started:
-      try:
-        os.killpg(process.pid, signal.SIGKILL)
-      except OSError:
-        pass  # Ended already, with its group.
-      process.wait(10)
 
 
 def run_cluster(processes, ports, model_dir, max_steps, tmp_path, tag=''):
