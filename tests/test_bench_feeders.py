@@ -1,0 +1,65 @@
+"""bench.feeders --quick end to end: every row of its table printed with
+finite figures, every process it started gone. Speeds are never
+asserted."""
+import math
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from bench import feeders
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A smoke run of under a minute on a 2-core machine; slack for a loaded one.
+TIMEOUT = 240
+
+
+def _run_quick():
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'bench.feeders', '--quick'], cwd=REPO_ROOT,
+      env=dict(os.environ, PYTHONPATH=REPO_ROOT), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, universal_newlines=True,
+      start_new_session=True)
+  try:
+    out, err = process.communicate(timeout=TIMEOUT)
+  finally:
+    try:
+      os.killpg(process.pid, signal.SIGKILL)
+    except OSError:
+      pass
+    process.wait()
+  assert process.returncode == 0, err[-3000:]
+  return out
+
+
+def _number(cell):
+  return float(cell.rstrip('x'))
+
+
+@pytest.mark.timeout(TIMEOUT + 60)
+def test_quick_run_prints_every_row_with_finite_figures():
+  out = _run_quick()
+  rows = {}
+  for line in out.splitlines():
+    cells = [c.strip() for c in line.strip('|').split('|')]
+    if line.startswith('|') and cells[0] in [r[2] for r in feeders.ROWS]:
+      rows[cells[0]] = cells
+  expected = [r[2] for r in feeders.ROWS
+              if r[0] != 'service' or feeders._has_data_service()]  # pylint: disable=protected-access
+  assert sorted(rows) == sorted(expected), out
+  for label, cells in rows.items():
+    # steps/s, its ratio, trainer CPU, its ratio: numbers everywhere.
+    for cell in cells[1:5]:
+      assert math.isfinite(_number(cell)) and _number(cell) > 0, (label,
+                                                                  cells)
+    # Input processes' CPU: none without them, a number with them.
+    if label.startswith('none'):
+      assert cells[5] == '-', cells
+    else:
+      assert math.isfinite(_number(cells[5])), cells
+    assert math.isfinite(_number(cells[6])), cells
+  assert 'Trainer CPU per step falls as the input moves out of it:' in out
+  if not feeders._has_data_service():  # pylint: disable=protected-access
+    assert 'has no tf.data service' in out
