@@ -29,40 +29,69 @@ log = logging.getLogger(__name__)
 # Ops that call back into the Python of the process that built the graph:
 # they cannot run in a feeder's process.
 PYTHON_OPS = ('PyFunc', 'PyFuncStateless', 'EagerPyFunc')
+# A feeder sends the trainer up to this many batches in one transfer, and
+# up to about this many bytes (bench.feeders: 32 batches a transfer cost
+# the trainer 0.14 ms of CPU a step, 8 batches 0.21, 1 batch 0.71).
+CHUNK_BATCHES = 32
+CHUNK_BYTES = 4 << 20
 
 
 class _Pipeline(object):
   """One feeder's iterator and its enqueue loop into the trainer's queue:
   enqueues up to `count` batches and returns how many it did, fewer once
-  the shard has ended."""
+  the shard has ended.
 
-  def __init__(self, dataset, device, enqueue, types, shapes, index):
+  The batches cross to the trainer `chunk` at a time, stacked, in one
+  enqueue_many: each crossing is a distributed loop iteration with its own
+  round trip and control messages, which per batch cost the trainer more
+  CPU than a batch of a typical pipeline does. A prefetch buffer on the
+  feeder makes the next chunk while one crosses.
+  """
+
+  def __init__(self, dataset, device, enqueue_many, types, shapes, index,
+               chunk):
     with tf.device(device), v1.name_scope('feeder_%d' % index):
-      iterator = v1.data.make_initializable_iterator(dataset)
+      iterator = v1.data.make_initializable_iterator(dataset.prefetch(chunk))
       self.initializer = iterator.initializer
       self.count = v1.placeholder(tf.int32, [], name='count')
       handle = iterator.initializer.inputs[1]
 
-      def enqueue_one(fed, more):
-        del more
-        # The dependency keeps batch i+1 from being read before batch i
-        # is enqueued.
-        with tf.control_dependencies([fed]):
-          optional = tf.raw_ops.IteratorGetNextAsOptional(
-              iterator=handle, output_types=types, output_shapes=shapes)
-          has_value = tf.raw_ops.OptionalHasValue(optional=optional)
+      def read_chunk(size):
+        """(batches read, whether the shard has more, their stacks)."""
+        def read_one(read, more, arrays):
+          del more
+          # Each read waits for the one before, keeping the shard's order.
+          with tf.control_dependencies([read]):
+            optional = tf.raw_ops.IteratorGetNextAsOptional(
+                iterator=handle, output_types=types, output_shapes=shapes)
+            has_value = tf.raw_ops.OptionalHasValue(optional=optional)
 
-        def put():
-          flat = tf.raw_ops.OptionalGetValue(optional=optional,
-                                             output_types=types,
-                                             output_shapes=shapes)
-          with tf.control_dependencies([enqueue(flat)]):
-            return fed + 1
-        return tf.cond(has_value, put, lambda: tf.identity(fed)), has_value
+          def keep():
+            flat = tf.raw_ops.OptionalGetValue(
+                optional=optional, output_types=types, output_shapes=shapes)
+            return read + 1, [a.write(read, v) for a, v in zip(arrays, flat)]
+          read, arrays = tf.cond(has_value, keep, lambda: (read, arrays))
+          return read, has_value, arrays
+
+        arrays = [tf.TensorArray(dtype, size=0, dynamic_size=True,
+                                 element_shape=shape)
+                  for dtype, shape in zip(types, shapes)]
+        read, more, arrays = v1.while_loop(
+            lambda read, more, _: tf.logical_and(more, read < size),
+            read_one, [tf.constant(0), tf.constant(True), arrays],
+            parallel_iterations=1, back_prop=False, name='read_chunk')
+        return read, more, [a.stack() for a in arrays]
+
+      def send_chunk(fed, more):
+        del more
+        read, more, stacks = read_chunk(
+            tf.minimum(chunk, self.count - fed))
+        with tf.control_dependencies([enqueue_many(stacks)]):
+          return fed + read, more
 
       self.fed, _ = v1.while_loop(
           lambda fed, more: tf.logical_and(more, fed < self.count),
-          enqueue_one, [tf.constant(0), tf.constant(True)],
+          send_chunk, [tf.constant(0), tf.constant(True)],
           parallel_iterations=1, back_prop=False, name='enqueue_loop')
 
 
@@ -92,9 +121,10 @@ class FeederInfeeds(object):
       self._queue = v1.FIFOQueue(feed.INFEED_CAPACITY, self._types,
                                  shapes=self._shapes, name='infeed_queue')
       self.close_op = self._queue.close(cancel_pending_enqueues=True)
+    chunk = chunk_batches(self._types, self._shapes)
     self.parts = [
-        _Pipeline(dataset, device, self._queue.enqueue, self._types,
-                  self._shapes, index)
+        _Pipeline(dataset, device, self._queue.enqueue_many, self._types,
+                  self._shapes, index, chunk)
         for index, (dataset, device) in enumerate(zip(datasets, devices))]
     with tf.device(trainer_device):
       self.initializer = tf.group(*[p.initializer for p in self.parts],
@@ -154,6 +184,17 @@ class FeederInfeeds(object):
 
   def release_session(self):
     pass
+
+
+def chunk_batches(types, shapes):
+  """Batches a feeder sends in one transfer: CHUNK_BATCHES, fewer for
+  batches so large that CHUNK_BYTES holds fewer (one for strings, whose
+  size is unknown)."""
+  if any(dtype == tf.string for dtype in types):
+    return 1
+  size = sum(dtype.size * shape.num_elements()
+             for dtype, shape in zip(types, shapes))
+  return max(1, min(CHUNK_BATCHES, CHUNK_BYTES // max(size, 1)))
 
 
 def _common_structure(datasets):

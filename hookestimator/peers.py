@@ -30,8 +30,13 @@ from hookestimator.compat import v1
 
 log = logging.getLogger(__name__)
 
-# A peer that does not run a trivial op within this long is lost.
+# A probe is a trivial op run on the peer; it gets this long to answer.
 PROBE_SECS = 5
+# A peer is lost once it refuses connections this many probes in a row (its
+# process is gone), or has answered no probe for SILENT_SECS (its machine
+# hangs or is cut off: a loaded machine answers late, not never).
+REFUSALS_LOST = 3
+SILENT_SECS = 30
 # How often the chief checks the other tasks, and each task its outbox.
 WATCH_SECS = 1.0
 POLL_SECS = 1.0
@@ -139,6 +144,7 @@ class _Link(object):
         {cluster_lib.task_name(cluster.task), cluster_lib.task_name(peer)}))
     self.session = None
     self.connected = False
+    self.health = Health()
 
   def start_connecting(self, deadline):
     """Probes the peer on a thread until it answers or `deadline` (a
@@ -167,15 +173,50 @@ class _Link(object):
       time.sleep(RETRY_SECS)
 
   def alive(self):
+    return self.health.record(self._probe()) == ANSWERED
+
+  def _probe(self):
     try:
       self.session.run(self.probe, options=_timeout(PROBE_SECS))
-      return True
-    except tf.errors.OpError:
-      return False
+      return ANSWERED
+    except tf.errors.OpError as error:
+      return outcome_of(error)
 
   def close(self):
     if self.session is not None:
       self.session.close()
+
+
+ANSWERED, REFUSED, SILENT = 'answered', 'refused', 'silent'
+
+
+def outcome_of(error):
+  """What a failed call to a peer says of it: REFUSED when nothing
+  listens there, else SILENT."""
+  return (REFUSED if isinstance(error, tf.errors.UnavailableError) else
+          SILENT)
+
+
+class Health(object):
+  """A peer's probes so far: lost after REFUSALS_LOST refusals in a row,
+  or SILENT_SECS without an answer."""
+
+  def __init__(self):
+    self._refusals = 0
+    self._answered = time.monotonic()
+    self.lost = False
+
+  def record(self, outcome):
+    """Records a probe's outcome; returns it."""
+    now = time.monotonic()
+    if outcome == ANSWERED:
+      self._refusals = 0
+      self._answered = now
+    else:
+      self._refusals = self._refusals + 1 if outcome == REFUSED else 0
+      self.lost = self.lost or (self._refusals >= REFUSALS_LOST or
+                                now - self._answered > SILENT_SECS)
+    return outcome
 
 
 def connect(links, timeout):
@@ -251,11 +292,9 @@ class ChiefPeers(object):
 
   def _watch(self):
     while not self._stop_watching.wait(WATCH_SECS):
-      # Twice in a row, so that a probe slowed by a busy machine is not a
-      # lost task.
-      lost = self._not_answering()
-      if lost:
-        lost = [name for name in self._not_answering() if name in lost]
+      for link in self._links:
+        link.alive()
+      lost = [link.name for link in self._links if link.health.lost]
       if lost:
         lost = self._record_lost(lost)
         message = lost_message(lost)
@@ -272,6 +311,10 @@ class ChiefPeers(object):
     """The names of the tasks that do not answer now (and of those
     found lost before)."""
     return self._record_lost(self._not_answering())
+
+  def found_lost(self):
+    """The names of the tasks the watch found lost."""
+    return self._record_lost([])
 
   def _not_answering(self):
     return [link.name for link in self._links if not link.alive()]
@@ -344,6 +387,9 @@ def run_chief(cluster, server_, timeout, run):
         type(error).__name__, _first_line(error)))
     raise
   peers.stop_watching()
+  lost = peers.found_lost()
+  if lost:  # Found while the run ended: the watch ends this process.
+    raise LostTaskError(lost_message(lost))
   peers.close_links()
   peers.post(0, 'the run ended')
   return result
@@ -382,19 +428,18 @@ def serve(cluster, server_, timeout):
   except (LostTaskError, tf.errors.OpError) as error:
     _exit(EXIT_LOST, '%s %s: %s' % (role, name, _first_line(error)))
   log.info('%s %s serves the chief %s', role, name, chief.name)
-  slow_probes = 0
   while True:
     try:
       message = chief.session.run(take, options=_timeout(POLL_SECS))
-    except tf.errors.DeadlineExceededError:
-      # No message yet. Lost after two probes in a row that get no
-      # answer in PROBE_SECS (one may be slowed by a busy machine).
-      slow_probes = 0 if chief.alive() else slow_probes + 1
-      if slow_probes < 2:
-        continue
+    except tf.errors.DeadlineExceededError:  # No message yet.
       message = None
-    except tf.errors.OpError:  # Unreachable: the chief is gone.
+      chief.alive()
+    except tf.errors.OpError as error:
       message = None
+      chief.health.record(outcome_of(error))
+      time.sleep(RETRY_SECS)
+    if message is None and not chief.health.lost:
+      continue
     if message is None:
       text = '%s %s: %s' % (role, name, lost_message([chief.name]))
       end_process_after(EXIT_GRACE_SECS, text)

@@ -332,3 +332,31 @@ def test_the_cluster_bench_reports_one_and_two_workers(tmp_path):
   assert all(float(row[3]) > 0 for row in rows)
   # 2 (W - 1) x 4 bytes x 2,410 parameters.
   assert [int(row[5]) for row in rows] == [0, 19280]
+
+
+def test_a_peer_is_lost_when_it_refuses_or_stays_silent(monkeypatch):
+  from hookestimator import peers  # pylint: disable=g-import-not-at-top
+  now = [100.0]
+  monkeypatch.setattr(peers.time, 'monotonic', lambda: now[0])
+  refused = peers.Health()
+  for _ in range(peers.REFUSALS_LOST - 1):
+    refused.record(peers.REFUSED)
+  refused.record(peers.ANSWERED)  # An answer starts the count again.
+  for _ in range(peers.REFUSALS_LOST - 1):
+    refused.record(peers.REFUSED)
+  assert not refused.lost
+  refused.record(peers.REFUSED)
+  assert refused.lost
+  # A slow machine answers late: silence is loss only after SILENT_SECS.
+  silent = peers.Health()
+  for _ in range(10):
+    now[0] += peers.SILENT_SECS / 10.0 - 0.01
+    silent.record(peers.SILENT)
+  assert not silent.lost
+  now[0] += 0.2
+  silent.record(peers.SILENT)
+  assert silent.lost
+  assert peers.outcome_of(tf.errors.UnavailableError(None, None, 'gone')) == (
+      peers.REFUSED)
+  assert peers.outcome_of(tf.errors.DeadlineExceededError(None, None, 'x')) == (
+      peers.SILENT)

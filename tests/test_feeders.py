@@ -289,3 +289,15 @@ def test_feeders_must_give_batches_of_one_structure():
     with pytest.raises(ValueError) as raised:
       local_infeeds([ids_dataset(0, 4), other])
   assert 'feeder 1' in str(raised.value)
+
+
+def test_large_batches_cross_in_smaller_chunks():
+  small = feeders.chunk_batches([tf.float32, tf.int64],
+                                [tf.TensorShape([64, 64]), tf.TensorShape([64])])
+  assert small == feeders.CHUNK_BATCHES
+  images = feeders.chunk_batches([tf.float32],
+                                 [tf.TensorShape([256, 224, 224, 3])])
+  assert images == 1
+  middle = feeders.chunk_batches([tf.uint8], [tf.TensorShape([1 << 19])])
+  assert middle == feeders.CHUNK_BYTES // (1 << 19) == 8
+  assert feeders.chunk_batches([tf.string], [tf.TensorShape([4])]) == 1
