@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from hookestimator import config as config_lib
 from hookestimator import feed
+from hookestimator import input_position
 from hookestimator import peers
 from hookestimator.compat import v1
 
@@ -129,6 +130,7 @@ class FeederInfeeds(object):
     with tf.device(trainer_device):
       self.initializer = tf.group(*[p.initializer for p in self.parts],
                                   name='feeder_infeeds_init')
+    _warn_if_unsharded(datasets)
     self._ended = [False] * len(self.parts)
     self._next = 0  # The feeder whose share comes first in the next loop.
     self.input_ended = False
@@ -208,6 +210,25 @@ def _common_structure(datasets):
           "one of %r; every feeder's dataset must have the same types and "
           'shapes' % (index, structure, structures[0]))
   return structures[0]
+
+
+def _warn_if_unsharded(datasets):
+  """Warns when every feeder's pipeline is the same graph: input_fn then
+  ignored params['input_context'], and each example is read once per
+  feeder an epoch."""
+  if len(datasets) < 2:
+    return
+  graph = datasets[0]._variant_tensor.graph  # pylint: disable=protected-access
+  digests = {input_position.fingerprint(graph, d._variant_tensor,  # pylint: disable=protected-access
+                                        named=False) for d in datasets}
+  if len(digests) == 1:
+    log.warning(
+        "Every feeder's input pipeline is the same: input_fn does not "
+        "shard by params['input_context'], so each of the %d feeders reads "
+        'every example, and each is trained on %d times an epoch. Shard '
+        'with dataset.shard(context.num_input_pipelines, '
+        'context.input_pipeline_id) (hookestimator.models.shard).',
+        len(datasets), len(datasets))
 
 
 def check_runs_remotely(dataset):

@@ -33,8 +33,10 @@ def is_input_position_key(name):
   return name.startswith(KEY_PREFIX)
 
 
-def fingerprint(graph, dataset):
-  """A digest of the graph that makes the `dataset` variant tensor.
+def fingerprint(graph, dataset, named=True):
+  """A digest of the graph that makes the `dataset` variant tensor; unless
+  `named`, of its ops and data only, not their names and devices (two
+  pipelines built alike in one graph have the same).
 
   Function names carry process-wide counters, so each function reachable
   from the dataset is renamed by its order of first use before hashing:
@@ -65,6 +67,8 @@ def fingerprint(graph, dataset):
   for node in graph_def.node:
     visit_attrs(node.attr)
   digest = hashlib.sha256()
+  if not named:
+    _anonymize(graph_def)
   for node in graph_def.node:
     digest.update(node.SerializeToString(deterministic=True))
   for name in sorted(renamed, key=renamed.get):
@@ -72,6 +76,19 @@ def fingerprint(graph, dataset):
     function.signature.name = renamed[name]
     digest.update(function.SerializeToString(deterministic=True))
   return digest.hexdigest()[:16]
+
+
+def _anonymize(graph_def):
+  """Names each node of `graph_def` by its position, and clears devices."""
+  names = {node.name: 'node_%d' % i for i, node in enumerate(graph_def.node)}
+  for node in graph_def.node:
+    node.name = names[node.name]
+    node.device = ''
+    for i, source in enumerate(node.input):
+      control = source.startswith('^')
+      name, _, port = source.lstrip('^').partition(':')
+      node.input[i] = ('^' if control else '') + names[name] + (
+          ':' + port if port else '')
 
 
 class _StateSaveable(saveable_object.SaveableObject):

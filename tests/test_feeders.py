@@ -301,3 +301,12 @@ def test_large_batches_cross_in_smaller_chunks():
   middle = feeders.chunk_batches([tf.uint8], [tf.TensorShape([1 << 19])])
   assert middle == feeders.CHUNK_BYTES // (1 << 19) == 8
   assert feeders.chunk_batches([tf.string], [tf.TensorShape([4])]) == 1
+
+
+def test_feeders_reading_the_same_data_are_warned_of(caplog):
+  with tf.Graph().as_default():
+    local_infeeds([ids_dataset(0, 4), ids_dataset(0, 4)])
+    assert 'does not shard by' in caplog.text
+    caplog.clear()
+    local_infeeds([ids_dataset(0, 4).shard(2, i) for i in (0, 1)])
+    assert 'does not shard by' not in caplog.text
