@@ -178,6 +178,20 @@ def test_a_killed_trainer_stops_the_feeders_and_a_restart_resumes_exactly(
     resume_and_check(tasks, ports, tmp_path, model_dir)
 
 
+def test_a_feeder_alone_gives_up_within_its_timeout_and_closes_its_port(
+    tmp_path):
+  ports = free_ports(2)
+  with Tasks(tmp_path) as tasks:
+    feeder = tasks.start_command('feeder', [
+        TASK, tf_config(ports, 'feeder'), str(tmp_path / 'feeder_dir'), '10',
+        '0', '3'])
+    code, seconds, out = tasks.wait(feeder)
+  assert code != 0
+  assert '/job:chief/task:0' in out and 'did not answer within' in out, out
+  assert seconds < LOST_SECS
+  assert not any(listening(p) for p in ports)
+
+
 def test_the_feed_command_serves_a_feeder_task(tmp_path):
   ports = free_ports(3)
   model_dir = str(tmp_path / 'chief_dir')
