@@ -1,7 +1,7 @@
 """One task of a test cluster with feeders, in a process of its own:
 
     python tests/feeder_task.py CLUSTER MODEL_DIR MAX_STEPS EPOCHS TIMEOUT \
-        [LOOP_SLEEP]
+        [LOOP_SLEEP [REPLICAS]]
 
 The chief trains digits_mlp (16 hidden units) at a batch of 16 on the
 first EXAMPLES training examples, each with its id, to MAX_STEPS; EPOCHS
@@ -10,7 +10,8 @@ is how often the input repeats (0: forever). Every feeder reads its shard
 how often each id was trained on. A feeder task serves through
 hookestimator.feed_forever. CLUSTER is TF_CONFIG's JSON ('' trains in this
 process alone); TIMEOUT is peer_timeout_secs. The chief sleeps LOOP_SLEEP
-seconds after each loop of 4 steps, and prints {"step": N} at the end.
+seconds after each loop of 4 steps, trains REPLICAS replicas (1), and
+prints {"step": N} at the end.
 """
 import json
 import logging
@@ -68,10 +69,11 @@ class SlowLoops(v1.train.SessionRunHook):
     time.sleep(self._seconds)
 
 
-def config(cluster, model_dir, timeout):
+def config(cluster, model_dir, timeout, replicas=1):
   return he.RunConfig(model_dir=model_dir, iterations_per_loop=4,
                       save_checkpoints_steps=4, cluster=cluster,
-                      peer_timeout_secs=float(timeout))
+                      peer_timeout_secs=float(timeout),
+                      num_replicas=replicas)
 
 
 def main():
@@ -80,7 +82,8 @@ def main():
   logging.getLogger('hookestimator.input_position').setLevel(logging.INFO)
   cluster, model_dir, max_steps, epochs, timeout = sys.argv[1:6]
   loop_sleep = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
-  run_config = config(cluster, model_dir, timeout)
+  replicas = int(sys.argv[7]) if len(sys.argv) > 7 else 1
+  run_config = config(cluster, model_dir, timeout, replicas)
   if run_config.cluster is not None and (
       run_config.cluster.task_type == 'feeder'):
     he.feed_forever(run_config)

@@ -47,12 +47,13 @@ class Tasks(processes_lib.Processes):
   """Starts the tasks of tests/feeder_task.py."""
 
   def start_all(self, ports, tmp_path, model_dir, max_steps, epochs=0,
-                loop_sleep=0.0, tag=''):
+                loop_sleep=0.0, tag='', replicas=1):
     """(chief, [feeders]): the feeders first, then the chief."""
     def start(name, task_type, index, directory):
       return self.start_command(name + tag, [
           TASK, tf_config(ports, task_type, index), str(directory),
-          str(max_steps), str(epochs), '30', str(loop_sleep)])
+          str(max_steps), str(epochs), '30', str(loop_sleep),
+          str(replicas)])
     fed = [start('feeder%d' % i, 'feeder', i, tmp_path / ('feeder_dir%d' % i))
            for i in range(len(ports) - 1)]
     return start('chief', 'chief', 0, model_dir), fed
@@ -105,15 +106,24 @@ def test_two_feeders_train_on_every_example_once_per_epoch(tmp_path):
   assert not any(listening(p) for p in ports)
 
 
-def test_finite_shards_end_training_at_their_last_batch(tmp_path):
+@pytest.mark.parametrize('replicas', [1, 2])
+def test_finite_shards_end_training_at_their_last_batch(tmp_path, replicas):
   ports = free_ports(3)
   model_dir = tmp_path / 'chief_dir'
   with Tasks(tmp_path) as tasks:
-    chief, fed = tasks.start_all(ports, tmp_path, model_dir, 1000, epochs=2)
+    chief, fed = tasks.start_all(ports, tmp_path, model_dir, 1000, epochs=2,
+                                 replicas=replicas)
     out = finish(tasks, chief, fed)
   assert '{"step": %d}' % (2 * STEPS_PER_EPOCH) in out
   assert checkpoint_step(model_dir) == 2 * STEPS_PER_EPOCH
-  np.testing.assert_array_equal(id_counts(model_dir), [2] * EXAMPLES)
+  counts = id_counts(model_dir)
+  if replicas == 1:
+    np.testing.assert_array_equal(counts, [2] * EXAMPLES)
+  else:
+    # Each step's batch is two replicas' batches of 8; the checkpoint
+    # holds replica 0's copy of the counts: half the ids, each twice.
+    assert sorted(set(counts)) == [0, 2]
+    assert list(counts).count(2) == EXAMPLES // 2
   assert not any(listening(p) for p in ports)
 
 
