@@ -4,8 +4,8 @@ through TensorFlow's own gRPC runtime (nothing here opens a socket).
 - `server(cluster, config)`: this process's tf.distribute.Server, started
   once. TensorFlow cannot stop a gRPC server in-process, so its port
   closes when the process exits: a worker's or feeder's process ends
-  with its run,
-  and `hookestimator train` exits when the chief's run ends.
+  with its run, and `hookestimator train` exits when the chief's run
+  ends.
 - Reaching a peer: a session on this task's server running a trivial op
   on the peer. Creating a session waits for every task it names without
   a deadline, so the first contact runs on a thread joined with one.
@@ -398,18 +398,19 @@ def run_chief(cluster, server_, timeout, run):
 def serve(cluster, server_, timeout):
   """A worker's or feeder's part: waits for the chief, serves its run (the
   chief's session runs this task's replicas or input pipeline), and when
-  the chief says
-  the run ended, or stops answering, ends the process: status 0 when the
-  run succeeded, else non-zero. Never returns."""
+  the chief says the run ended, or stops answering, ends the process:
+  status 0 when the run succeeded, else non-zero. Never returns."""
   peer = cluster.peers.index(cluster.task)
   name = cluster_lib.task_name(cluster.task)
   role = cluster.task_type.capitalize()
 
   def build():
     answer = v1.placeholder(tf.string, [])
-    return _outbox(peer).dequeue(), _inbox().enqueue(answer), answer
+    outbox = _outbox(peer)
+    return (outbox.size(), outbox.dequeue(), _inbox().enqueue(answer),
+            answer)
   chief = _Link(server_, cluster, ('chief', 0), build)
-  take, give, answer = chief.ops
+  waiting, take, give, answer = chief.ops
   deadline = time.monotonic() + timeout
   try:
     connect([chief], timeout)
@@ -428,28 +429,29 @@ def serve(cluster, server_, timeout):
   except (LostTaskError, tf.errors.OpError) as error:
     _exit(EXIT_LOST, '%s %s: %s' % (role, name, _first_line(error)))
   log.info('%s %s serves the chief %s', role, name, chief.name)
-  while True:
+  message = None
+  while message is None:
+    # Looks before it takes: a dequeue cut off by its deadline may have
+    # taken the message already, and it would be lost. Each look is a
+    # probe of the chief.
     try:
-      message = chief.session.run(take, options=_timeout(POLL_SECS))
-    except tf.errors.DeadlineExceededError:  # No message yet.
-      message = None
-      chief.alive()
+      if chief.session.run(waiting, options=_timeout(PROBE_SECS)):
+        message = chief.session.run(take, options=_timeout(SILENT_SECS))
+      chief.health.record(ANSWERED)
     except tf.errors.OpError as error:
-      message = None
       chief.health.record(outcome_of(error))
-      time.sleep(RETRY_SECS)
-    if message is None and not chief.health.lost:
-      continue
-    if message is None:
+    if chief.health.lost:
       text = '%s %s: %s' % (role, name, lost_message([chief.name]))
       end_process_after(EXIT_GRACE_SECS, text)
       _exit(EXIT_LOST, text)
-    code, text = message.decode('utf-8').split('\t', 1)
-    try:
-      chief.session.run(give, {answer: name}, options=_timeout(PROBE_SECS))
-    except tf.errors.OpError:
-      pass  # The chief is gone already; it gave its word.
-    _exit(int(code), '%s %s: %s' % (role, name, text))
+    if message is None:
+      time.sleep(POLL_SECS)
+  code, text = message.decode('utf-8').split('\t', 1)
+  try:
+    chief.session.run(give, {answer: name}, options=_timeout(PROBE_SECS))
+  except tf.errors.OpError:
+    pass  # The chief is gone already; it gave its word.
+  _exit(int(code), '%s %s: %s' % (role, name, text))
 
 
 def _exit(code, text):
