@@ -38,7 +38,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD_SECS = 600
 
 
-def _free_ports(count):
+def free_ports(count):
+  """`count` free 127.0.0.1 ports, chosen now."""
   sockets = [socket.socket() for _ in range(count)]
   try:
     for s in sockets:
@@ -174,7 +175,7 @@ def measure(hidden, workers, steps, allreduce_steps):
                 '--allreduce_steps', str(allreduce_steps)]
   if workers == 1:
     return _result(_run(child_argv))[0]
-  ports = _free_ports(workers)
+  ports = free_ports(workers)
   others = [_run(child_argv, _tf_config(ports, 'worker'))]
   chief = _run(child_argv, _tf_config(ports, 'chief'))
   try:

@@ -58,11 +58,12 @@ import os
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+
+from bench.cluster import free_ports
 
 ITERATIONS_PER_LOOP = 100  # As bench.peers' input-bound hookestimator row.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -202,17 +203,6 @@ CHILDREN = {'train': train_child, 'feeder': feeder_child,
 
 
 # --------------------------------------------------------------- the parent
-def _free_ports(count):
-  sockets = [socket.socket() for _ in range(count)]
-  try:
-    for s in sockets:
-      s.bind(('127.0.0.1', 0))
-    return [s.getsockname()[1] for s in sockets]
-  finally:
-    for s in sockets:
-      s.close()
-
-
 def _cluster(ports, task_type, index=0):
   return json.dumps({
       'cluster': {'chief': ['127.0.0.1:%d' % ports[0]],
@@ -304,7 +294,7 @@ def measure(kind, count, steps):
       spec['feeding'] = ('in_loop', 'infeed_thread')[count]
       return processes.result(processes.start('train', spec))
     if kind == 'feeders':
-      ports = _free_ports(count + 1)
+      ports = free_ports(count + 1)
       feeders = [processes.start('feeder',
                                  {'cluster': _cluster(ports, 'feeder', i)})
                  for i in range(count)]
@@ -326,11 +316,11 @@ def measure(kind, count, steps):
         notes.append('the chief (exit 0, every step trained): %s' % lost)
       row['notes'] = notes
       return row
-    dispatcher_port, = _free_ports(1)
+    dispatcher_port, = free_ports(1)
     dispatcher = processes.start('dispatcher', {'port': dispatcher_port})
     processes.wait_ready(dispatcher)
     workers = []
-    for port in _free_ports(count):
+    for port in free_ports(count):
       workers.append(processes.start('worker', {
           'port': port, 'dispatcher_port': dispatcher_port}))
     for worker in workers:
