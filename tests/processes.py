@@ -1,6 +1,7 @@
 """Processes of multi-process tests: each started in its own process
 group, every group killed when the test ends, pass or fail; free
 127.0.0.1 ports chosen at run time."""
+import json
 import os
 import signal
 import socket
@@ -34,6 +35,15 @@ def listening(port):
     return s.connect_ex(('127.0.0.1', port)) == 0
   finally:
     s.close()
+
+
+def tf_config(ports, task_type, index=0, job='worker'):
+  """TF_CONFIG of a loopback cluster: the chief on ports[0], a task of
+  `job` on each other port; this process is task `index` of `task_type`."""
+  return json.dumps({
+      'cluster': {'chief': ['127.0.0.1:%d' % ports[0]],
+                  job: ['127.0.0.1:%d' % p for p in ports[1:]]},
+      'task': {'type': task_type, 'index': index}})
 
 
 class Processes(object):

@@ -2,35 +2,22 @@
 finite figures, every process it started gone. Speeds are never
 asserted."""
 import math
-import os
-import signal
-import subprocess
-import sys
 
 import pytest
 
 from bench import feeders
+from tests.processes import Processes
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A smoke run of under a minute on a 2-core machine; slack for a loaded one.
 TIMEOUT = 240
 
 
-def _run_quick():
-  process = subprocess.Popen(
-      [sys.executable, '-m', 'bench.feeders', '--quick'], cwd=REPO_ROOT,
-      env=dict(os.environ, PYTHONPATH=REPO_ROOT), stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, universal_newlines=True,
-      start_new_session=True)
-  try:
-    out, err = process.communicate(timeout=TIMEOUT)
-  finally:
-    try:
-      os.killpg(process.pid, signal.SIGKILL)
-    except OSError:
-      pass
-    process.wait()
-  assert process.returncode == 0, err[-3000:]
+def _run_quick(tmp_path):
+  with Processes(tmp_path) as processes:
+    bench = processes.start_command('bench', ['-m', 'bench.feeders',
+                                              '--quick'])
+    code, _, out = processes.wait(bench, TIMEOUT)
+  assert code == 0, out[-3000:]
   return out
 
 
@@ -39,8 +26,8 @@ def _number(cell):
 
 
 @pytest.mark.timeout(TIMEOUT + 60)
-def test_quick_run_prints_every_row_with_finite_figures():
-  out = _run_quick()
+def test_quick_run_prints_every_row_with_finite_figures(tmp_path):
+  out = _run_quick(tmp_path)
   rows = {}
   for line in out.splitlines():
     cells = [c.strip() for c in line.strip('|').split('|')]

@@ -8,7 +8,6 @@ restart resumes exactly; a worker alone gives up within its timeout; no
 port still listens after any of these runs.
 """
 import glob
-import json
 import os
 import signal
 import time
@@ -25,16 +24,10 @@ from tests.processes import REPO_ROOT
 from tests.processes import RUN_SECS
 from tests.processes import free_ports
 from tests.processes import listening
+from tests.processes import tf_config
 
 v1 = tf.compat.v1
 TASK = os.path.join(REPO_ROOT, 'tests', 'cluster_task.py')
-
-
-def tf_config(ports, task_type, index=0):
-  return json.dumps({
-      'cluster': {'chief': ['127.0.0.1:%d' % ports[0]],
-                  'worker': ['127.0.0.1:%d' % p for p in ports[1:]]},
-      'task': {'type': task_type, 'index': index}})
 
 
 class Processes(processes_lib.Processes):

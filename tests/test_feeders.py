@@ -10,7 +10,7 @@ feeder's shard where the checkpoint left it. In one process, on local
 devices: how the infeed shares a loop out among the feeders, and what it
 refuses.
 """
-import json
+import functools
 import os
 import signal
 import time
@@ -36,11 +36,7 @@ TASK = os.path.join(REPO_ROOT, 'tests', 'feeder_task.py')
 STEPS_PER_EPOCH = 6  # EXAMPLES / 16 per batch, over both feeders.
 
 
-def tf_config(ports, task_type, index=0):
-  return json.dumps({
-      'cluster': {'chief': ['127.0.0.1:%d' % ports[0]],
-                  'feeder': ['127.0.0.1:%d' % p for p in ports[1:]]},
-      'task': {'type': task_type, 'index': index}})
+tf_config = functools.partial(processes_lib.tf_config, job='feeder')
 
 
 class Tasks(processes_lib.Processes):
@@ -69,12 +65,17 @@ def checkpoint_step(model_dir):
   return None if path is None else int(path.rsplit('-', 1)[1])
 
 
-def wait_for_a_checkpoint(model_dir, chief):
+def start_and_wait_for_a_checkpoint(tasks, ports, tmp_path, model_dir):
+  """Starts every task training without end, each loop slowed down;
+  returns (chief, [feeders]) once the chief has written a checkpoint."""
+  chief, fed = tasks.start_all(ports, tmp_path, model_dir, 10 ** 6,
+                               loop_sleep=0.5)
   deadline = time.monotonic() + RUN_SECS
   while (checkpoint_step(model_dir) is None and
          time.monotonic() < deadline and chief.poll() is None):
     time.sleep(0.05)
   assert checkpoint_step(model_dir) is not None, 'no checkpoint was written'
+  return chief, fed
 
 
 def finish(tasks, chief, fed):
@@ -154,9 +155,8 @@ def test_a_killed_feeder_stops_the_run_naming_it_and_a_restart_resumes(
   ports = free_ports(3)
   model_dir = tmp_path / 'chief_dir'
   with Tasks(tmp_path) as tasks:
-    chief, fed = tasks.start_all(ports, tmp_path, model_dir, 10 ** 6,
-                                 loop_sleep=0.5)
-    wait_for_a_checkpoint(model_dir, chief)
+    chief, fed = start_and_wait_for_a_checkpoint(tasks, ports, tmp_path,
+                                                 model_dir)
     kill_group(fed[1])
     killed = time.monotonic()
     code, _, out = tasks.wait(chief, LOST_SECS + 10)
@@ -175,9 +175,8 @@ def test_a_killed_trainer_stops_the_feeders_and_a_restart_resumes_exactly(
   ports = free_ports(3)
   model_dir = tmp_path / 'chief_dir'
   with Tasks(tmp_path) as tasks:
-    chief, fed = tasks.start_all(ports, tmp_path, model_dir, 10 ** 6,
-                                 loop_sleep=0.5)
-    wait_for_a_checkpoint(model_dir, chief)
+    chief, fed = start_and_wait_for_a_checkpoint(tasks, ports, tmp_path,
+                                                 model_dir)
     kill_group(chief)
     killed = time.monotonic()
     for feeder in fed:
