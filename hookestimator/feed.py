@@ -146,7 +146,7 @@ def _flat_paths(structure, prefix=('features', 'labels')):
   return names
 
 
-def _batch(flat, shapes, structure):
+def as_batch(flat, shapes, structure):
   """The (features, labels) of a batch read as `flat` tensors, each given
   its static shape."""
   for tensor, shape in zip(flat, shapes):
@@ -186,7 +186,7 @@ class InLoopInfeed(object):
     """One batch as (features, labels), for use inside the device loop."""
     with tf.device(HOST_DEVICE):
       flat = tf.nest.flatten(self._iterator.get_next())
-    return _batch(flat, self._shapes, self._structure)
+    return as_batch(flat, self._shapes, self._structure)
 
   def release_session(self):
     pass
@@ -242,7 +242,7 @@ class HostInfeed(object):
 
   def dequeue(self):
     """One batch as (features, labels), for use inside the device loop."""
-    return _batch(self._dequeue_flat(), self._shapes, self._structure)
+    return as_batch(self._dequeue_flat(), self._shapes, self._structure)
 
   def run_loop(self, session, count):
     """Enqueues `count` batches; returns False when the input has ended.

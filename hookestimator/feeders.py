@@ -140,7 +140,7 @@ class FeederInfeeds(object):
     """One batch as (features, labels), for use inside the device loop."""
     flat = self._queue.dequeue(name='infeed_dequeue')
     flat = list(flat) if isinstance(flat, (list, tuple)) else [flat]
-    return feed._batch(flat, self._shapes, self._structure)  # pylint: disable=protected-access
+    return feed.as_batch(flat, self._shapes, self._structure)
 
   def shares(self, count):
     """{feeder index: batches} for `count` more batches, shared out evenly
@@ -201,8 +201,7 @@ def chunk_batches(types, shapes):
 
 def _common_structure(datasets):
   structures = [feed.dataset_structure(d) for d in datasets]
-  for dataset in datasets:
-    check_runs_remotely(dataset)
+  check_runs_remotely(datasets)
   for index, structure in enumerate(structures[1:], 1):
     if structure != structures[0]:
       raise ValueError(
@@ -231,14 +230,15 @@ def _warn_if_unsharded(datasets):
         len(datasets), len(datasets))
 
 
-def check_runs_remotely(dataset):
-  """Raises ValueError if `dataset`'s pipeline calls Python
-  (tf.py_function, tf.numpy_function, Dataset.from_generator): a feeder
-  runs the pipeline's ops, not the trainer's Python."""
-  graph_def = dataset._variant_tensor.graph.as_graph_def()  # pylint: disable=protected-access
-  found = sorted({node.op for node in graph_def.node if node.op in PYTHON_OPS} |
-                 {node.op for function in graph_def.library.function
-                  for node in function.node_def if node.op in PYTHON_OPS})
+def check_runs_remotely(datasets):
+  """Raises ValueError if the pipelines of `datasets` (of one graph) call
+  Python (tf.py_function, tf.numpy_function, Dataset.from_generator): a
+  feeder runs the pipeline's ops, not the trainer's Python."""
+  graph_def = datasets[0]._variant_tensor.graph.as_graph_def()  # pylint: disable=protected-access
+  nodes = list(graph_def.node) + [
+      node for function in graph_def.library.function
+      for node in function.node_def]
+  found = sorted({node.op for node in nodes if node.op in PYTHON_OPS})
   if found:
     raise ValueError(
         "input_fn's dataset calls Python (%s ops: tf.py_function, "
