@@ -283,7 +283,7 @@ class EvaluationRounds(v1.train.SessionRunHook):
       self._pipeline = inference.InferencePipeline(
           dataset, plan, device,
           inference.model_caller(estimator, params), ModeKeys.EVAL, outfed,
-          estimator.config.feeding, reuse=v1.AUTO_REUSE)
+          estimator.config.feeding, reuse=True)
       self._reader = MetricsReader(self._pipeline.outfeed, outfed)
     self._loop_state = loop_lib.LoopState()
     self._feeding = hooks_lib.InfeedOutfeedHook(

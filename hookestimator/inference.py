@@ -37,7 +37,8 @@ class InferenceLoop(object):
   """The built EVAL or PREDICT loop.
 
   `outfed_fn(spec)` validates the spec and returns the tensors each step
-  sends back after its row states.
+  sends back after its row states. With `reuse` the graph already holds
+  the model's variables (the training graph): the loop reads those.
 
   Attributes:
     iterations: int32 placeholder, the number of steps this run.
@@ -47,32 +48,38 @@ class InferenceLoop(object):
   """
 
   def __init__(self, infeed, outfeed, call_model_fn, device, mode, outfed_fn,
-               reuse=None, replica_devices=None):
+               reuse=False, replica_devices=None):
     self.iterations = v1.placeholder(tf.int32, [], name='iterations')
     self.spec = None
     off_tpu = device.kind != 'tpu'
     replica_devices = replica_devices or [device.model_device]
     count = len(replica_devices)
 
-    def replica(index, sums):
+    def replica(index, sums, shared):
       stack = contextlib.ExitStack()
+      stack.enter_context(replicas_lib.top_level_names())
       if off_tpu:
         stack.enter_context(tf.device(replica_devices[index]))
         stack.enter_context(sums.recording(index))
-      if index > 0:  # Reading only: the replicas share the variables.
-        stack.enter_context(v1.variable_scope(v1.get_variable_scope(),
-                                              reuse=v1.AUTO_REUSE))
+      # Reading only: the replicas share one copy of the variables.
+      stack.enter_context(shared.replica(index))
       return stack
 
     def step(i, stopped):
       with tf.control_dependencies([i]):
         element = infeed.dequeue()
       sums = replicas_lib.CrossReplicaSums(count, replica_devices)
+      shared = None
       outfed = []
       for index, (inputs, state) in enumerate(
           replicas_lib.unstack(element, count)):
         features, labels = padding.unpack_inputs(inputs)
-        with replica(index, sums):
+        if shared is None:
+          shared = replicas_lib.SharedVariables(
+              replicas_lib.variables_in_graph(call_model_fn, features,
+                                              labels, mode)
+              if reuse else None)
+        with replica(index, sums, shared):
           spec = spec_lib.as_hook_spec(call_model_fn(features, labels, mode))
           outfed.append([state] + list(outfed_fn(spec)))
         if index == 0:
@@ -101,7 +108,7 @@ class InferenceLoop(object):
           parallel_iterations=1, name='%s_loop' % mode)
 
     self.steps_done, self.stopped = loop_lib.run_on_device(
-        device, device_loop, self.iterations, reuse=reuse)
+        device, device_loop, self.iterations)
     outfeed.build_host_ops()
 
 
@@ -113,7 +120,7 @@ class InferencePipeline(object):
   """
 
   def __init__(self, dataset, plan, device, call_model_fn, mode,
-               outfed_fn, feeding, reuse=None):
+               outfed_fn, feeding, reuse=False):
     """`plan`: a replicas.Plan; input_fn's batches have plan.input_batch
     rows (where they have a batch axis), model_fn's plan.replica_batch.
     `feeding`: the feeding path (RunConfig.feeding)."""

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from hookestimator import compat
 from hookestimator import nan
+from hookestimator import outside_loop
 from hookestimator import replicas as replicas_lib
 from hookestimator import spec as spec_lib
 from hookestimator.compat import v1
@@ -103,17 +104,19 @@ def order_reads_before_writes(handle, ops):
       write._add_control_inputs(missing)  # pylint: disable=protected-access
 
 
-def run_on_device(device, device_loop, iterations, reuse=None):
+def run_on_device(device, device_loop, iterations):
   """Builds `device_loop(iterations)` to run on `device`: on TPU as one TPU
-  program whose loop size is an input. `reuse=AUTO_REUSE` shares the
-  variables of a loop already built in the graph."""
+  program whose loop size is an input."""
   # Resource variables, so that variables made inside the loop body are
   # created outside it (their initialisers cannot live in a loop).
-  with v1.variable_scope(v1.get_variable_scope(), use_resource=True,
-                         reuse=reuse):
+  with v1.variable_scope(v1.get_variable_scope(), use_resource=True):
     if device.kind == 'tpu':
       return v1.tpu.rewrite(device_loop, [iterations])
-    return device_loop(iterations)
+    outputs = device_loop(iterations)
+  # Initialisers model_fn built in the loop (init_from_checkpoint's, a
+  # table's) run outside it, as they do under Estimator.
+  outside_loop.move_out_of_loop(v1.get_default_graph())
+  return outputs
 
 
 class DeviceLoop(object):
@@ -148,12 +151,15 @@ class DeviceLoop(object):
       """Builds replica `index`; yields the handle of its global step as
       the loop body sees it."""
       stack = contextlib.ExitStack()
+      stack.enter_context(replicas_lib.top_level_names())
       if off_tpu:
         stack.enter_context(tf.device(replica_devices[index]))
         stack.enter_context(sums.recording(index))
       step = global_step
       if index > 0:
         step = stack.enter_context(self.mirrored.replica(index, global_step))
+      else:
+        stack.enter_context(self.mirrored.first())
       # A raw read, so that its input is the handle as this loop body sees
       # it, the one model_fn's own reads use.
       handle = tf.raw_ops.ReadVariableOp(resource=step.handle,

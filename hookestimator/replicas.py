@@ -293,13 +293,152 @@ def _own_collections(graph, values):
       graph.get_collection_ref(key)[:] = items
 
 
+def top_level_names():
+  """The name scope of the graph's top level, where Estimator builds
+  model_fn: a layer whose variables take its name scope's name (Keras on
+  TF 1.x) names them as in a graph of its own, not after the loop."""
+  return v1.get_default_graph().name_scope(None)
+
+
+def _describe_variable(variable):
+  return '%s (shape %s, %s)' % (variable.op.name, variable.shape,
+                                variable.dtype.base_dtype.name)
+
+
+def _check_same_kind(index, who, kwargs, original):
+  """Raises unless the variable `kwargs` ask for could be `original`."""
+  dtype = kwargs.get('dtype')
+  shape = kwargs.get('shape')
+  wrong_dtype = dtype is not None and (
+      tf.as_dtype(dtype).base_dtype != original.dtype.base_dtype)
+  wrong_shape = shape is not None and not tf.TensorShape(
+      shape).is_compatible_with(original.shape)
+  if wrong_dtype or wrong_shape:
+    raise ValueError(
+        '%s made its variable %d as %s (shape %s, dtype %s), where '
+        'replica 0 made %s; model_fn must make the same variables, in the '
+        'same order, in every replica' % (
+            who, index, kwargs.get('name'), shape, dtype,
+            _describe_variable(original)))
+
+
+@contextlib.contextmanager
+def recording_variables(into):
+  """Appends every variable made inside (get_variable, tf.Variable, Keras
+  and tf.compat.v1.layers alike) to the list `into`, in creation order."""
+  def creator(next_creator, **kwargs):
+    variable = next_creator(**kwargs)
+    into.append(variable)
+    return variable
+  with v1.variable_creator_scope(creator):
+    yield
+
+
+@contextlib.contextmanager
+def reusing_variables(variables, who, scope, taken=None):
+  """Inside, the k-th variable made is `variables[k]` itself: a replica
+  that only reads shares replica 0's variables, matched by the order in
+  which model_fn makes them, since their names differ wherever model_fn
+  relies on default names (Keras layers, unnamed tf.compat.v1.layers,
+  variable_scope(None, default_name=...)), which the graph numbers
+  anew for each replica. `variables` may hold None where no variable is
+  to be shared: that one is made as asked. `who` names the replica in
+  errors; `scope` is the variable scope it builds in, its own, so that
+  names model_fn gives explicitly do not collide with replica 0's in the
+  variable store. Each variable it gives is appended to `taken`."""
+  taken = [] if taken is None else taken
+
+  def creator(next_creator, **kwargs):
+    index = len(taken)
+    if index >= len(variables):
+      raise ValueError(
+          '%s made more variables than replica 0 (%d), the next being %s; '
+          'model_fn must make the same variables in every replica' % (
+              who, len(variables), kwargs.get('name')))
+    original = variables[index]
+    if original is None:
+      variable = next_creator(**kwargs)
+    else:
+      _check_same_kind(index, who, kwargs, original)
+      variable = original
+    taken.append(variable)
+    return variable
+  with v1.variable_scope(scope), v1.variable_creator_scope(creator):
+    yield
+  if len(taken) != len(variables):
+    raise ValueError(
+        '%s made %d variables, replica 0 made %d; model_fn must make the '
+        'same variables in every replica' % (who, len(taken),
+                                              len(variables)))
+
+
+class SharedVariables(object):
+  """The replicas of an evaluation or prediction loop read one copy of
+  the variables: replica 0 makes them (or, with `targets`, takes those
+  already in the graph), the others reuse them in creation order."""
+
+  def __init__(self, targets=None):
+    self._targets = targets
+    self._variables = []
+
+  @contextlib.contextmanager
+  def replica(self, index):
+    if index > 0:
+      with reusing_variables(self._variables, 'Replica %d' % index,
+                             REPLICA_SCOPE % index):
+        yield
+    elif self._targets is not None:
+      with reusing_variables(self._targets, 'This loop\'s replica 0',
+                             REPLICA_SCOPE % index, self._variables):
+        yield
+    else:
+      with recording_variables(self._variables):
+        yield
+
+
+def variables_in_graph(call_model_fn, features, labels, mode):
+  """For each variable that model_fn makes in `mode`, in order, the
+  variable of the same name in the default graph, or None.
+
+  A loop built in a graph that already holds the model (the evaluation
+  rounds of train_and_evaluate, inside the training graph) must use the
+  variables there. The names model_fn's variables get in a graph of their
+  own (the checkpoint's names) are found by building model_fn once in a
+  scratch graph, since in a graph already holding the model, default
+  names come out numbered (dense_1, bert_1)."""
+  graph = v1.get_default_graph()
+  by_name = {v.op.name: v for v in graph.get_collection(
+      v1.GraphKeys.GLOBAL_VARIABLES)}
+  made = []
+  with tf.Graph().as_default() as scratch:
+    scratch.seed = graph.seed
+
+    def placeholder(tensor):
+      if isinstance(tensor, tf.SparseTensor):
+        return v1.sparse_placeholder(tensor.dtype, tensor.dense_shape.shape)
+      return v1.placeholder(tensor.dtype, tensor.shape)
+    features, labels = tf.nest.map_structure(placeholder, (features, labels))
+    v1.train.create_global_step(scratch)
+    with recording_variables(made):
+      call_model_fn(features, labels, mode)
+  return [by_name.get(variable.op.name) for variable in made]
+
+
 class MirroredVariables(object):
   """Each training replica but the first builds its own copy of the
-  variables; `sync_op` sets them from the first replica's."""
+  variables; `sync_op` sets them from the first replica's. The copies are
+  matched to replica 0's variables by the order model_fn makes them (the
+  names of default-named layers differ between replicas)."""
 
   def __init__(self):
     self._pairs = []
-    self._global_steps = []
+    self._originals = []
+
+  @contextlib.contextmanager
+  def first(self):
+    """Builds replica 0, whose variables are the real ones."""
+    with recording_variables(self._originals):
+      yield
 
   @contextlib.contextmanager
   def replica(self, index, global_step):
@@ -308,40 +447,43 @@ class MirroredVariables(object):
     Yields the replica's global step."""
     graph = v1.get_default_graph()
     before = set(id(v) for v in v1.global_variables())
+    made = []
     with v1.variable_scope(REPLICA_SCOPE % index):
       step = v1.get_variable(
           'global_step', shape=[], dtype=tf.int64,
           initializer=v1.zeros_initializer(), trainable=False,
           use_resource=True, collections=[v1.GraphKeys.LOCAL_VARIABLES])
       self._pairs.append((step, global_step))
-      with _own_collections(graph, {v1.GraphKeys.GLOBAL_STEP: [step]}):
+      with _own_collections(graph, {v1.GraphKeys.GLOBAL_STEP: [step]}), \
+          recording_variables(made):
         yield step
-    scope = REPLICA_SCOPE % index
-    canonical = {v.op.name: v for v in v1.global_variables()
-                 if id(v) in before}
-    global_ref = graph.get_collection_ref(v1.GraphKeys.GLOBAL_VARIABLES)
-    made = [v for v in global_ref if id(v) not in before]
-    for variable in made:
-      name = variable.op.name
-      # Slot variables repeat the scope: replica_1/replica_1/w/Momentum.
-      parts = name.split('/')
-      original_name = '/'.join(p for p in parts if p != scope)
-      original = (canonical.get(original_name) if scope in parts else None)
-      if original is None:
+    if len(made) != len(self._originals):
+      raise ValueError(
+          'Replica %d made %d variables, replica 0 made %d; model_fn must '
+          'make the same variables in every replica' % (
+              index, len(made), len(self._originals)))
+    for position, (copy, original) in enumerate(zip(made, self._originals)):
+      if (copy.dtype.base_dtype != original.dtype.base_dtype or
+          not copy.shape.is_compatible_with(original.shape)):
         raise ValueError(
-            'Replica %d made the variable %s, which replica 0 did not make '
-            'as %s; model_fn must make the same variables in every replica '
-            'and name them within its variable scope' %
-            (index, name, original_name))
-      self._pairs.append((variable, original))
+            'Replica %d made its variable %d as %s, where replica 0 made '
+            '%s; model_fn must make the same variables, in the same order, '
+            'in every replica' % (index, position, _describe_variable(copy),
+                                  _describe_variable(original)))
+      self._pairs.append((copy, original))
+    global_ref = graph.get_collection_ref(v1.GraphKeys.GLOBAL_VARIABLES)
+    moved = [v for v in global_ref if id(v) not in before]
     global_ref[:] = [v for v in global_ref if id(v) in before]
-    graph.get_collection_ref(v1.GraphKeys.LOCAL_VARIABLES).extend(made)
+    graph.get_collection_ref(v1.GraphKeys.LOCAL_VARIABLES).extend(moved)
 
   def sync_op(self):
     """Sets every copy from the first replica's variable (after the copies'
     own initialisers); run it once the real variables are restored."""
     assigns = []
+    global_ids = set(id(v) for v in v1.global_variables())
     for copy, original in self._pairs:
+      if id(original) not in global_ids:
+        continue  # Each replica's local variables (metrics) are its own.
       with tf.control_dependencies([copy.initializer]):
         assigns.append(v1.assign(copy, original.read_value()))
     return tf.group(*assigns, name='sync_replicas')

@@ -1,0 +1,236 @@
+"""Models written the way public TPUEstimator programs write them: Keras and
+tf.compat.v1.layers layers with default names, variable_scope(None,
+default_name=...), feature dicts, init_from_checkpoint and tables inside
+model_fn, scaffold_fn. Each runs with use_tpu=False (one replica) and
+use_tpu=True (several CPU replicas), and gives the numbers of TensorFlow's
+own TPUEstimator (use_tpu=False) where it is installed."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from hookestimator import compat
+from hookestimator import tpu
+from tests.conftest import requires_estimator
+
+v1 = tf.compat.v1
+# tf.compat.v1.layers needs Keras 2 (TF 2.16+ ships Keras 3 instead).
+HAS_V1_LAYERS = compat.TF_VERSION < (2, 16)
+NUM_EXAMPLES = 64
+BATCH = 16
+
+
+def _examples(seed):
+  rng = np.random.RandomState(seed)
+  x = rng.randn(NUM_EXAMPLES, 4).astype(np.float32)
+  y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+  return x, y
+
+
+def train_input_fn(params):
+  x, y = _examples(0)
+  return tf.data.Dataset.from_tensor_slices(({'x': x}, y)).repeat().batch(
+      params['batch_size'], drop_remainder=True)
+
+
+def eval_input_fn(params):
+  x, y = _examples(1)
+  return tf.data.Dataset.from_tensor_slices(({'x': x}, y)).batch(
+      params['batch_size'], drop_remainder=True)
+
+
+def predict_input_fn(params):
+  x, _ = _examples(2)
+  return tf.data.Dataset.from_tensor_slices({'x': x[:BATCH]}).batch(
+      params['batch_size'], drop_remainder=True)
+
+
+def _normal(seed):
+  return v1.truncated_normal_initializer(stddev=0.5, seed=seed)
+
+
+def encoder(x):
+  """Layers named by default, as public programs name them."""
+  with v1.variable_scope(None, default_name='bert'):
+    w = v1.get_variable('w', [4, 8], initializer=_normal(1))
+    h = tf.nn.relu(tf.matmul(x, w))
+  if HAS_V1_LAYERS:
+    h = v1.layers.dense(h, 8, activation=tf.nn.relu,
+                        kernel_initializer=_normal(2))
+  return tf.keras.layers.Dense(
+      2, kernel_initializer=tf.keras.initializers.TruncatedNormal(
+          stddev=0.5, seed=3))(h)
+
+
+def metric_fn(labels, logits):
+  return {'accuracy': v1.metrics.accuracy(labels, tf.argmax(logits, 1))}
+
+
+def make_model_fn(init_checkpoint=None, table=False):
+  def model_fn(features, labels, mode, params):
+    x = features['x']
+    if table:
+      # A lookup table built in model_fn, its initialiser run by the session.
+      keys = tf.constant([0, 1], dtype=tf.int64)
+      lookup = tf.lookup.StaticHashTable(
+          tf.lookup.KeyValueTensorInitializer(keys, tf.constant([1.0, 2.0])),
+          default_value=0.0)
+      x = x * lookup.lookup(tf.ones_like(keys))[0]
+    logits = encoder(x)
+    scaffold_fn = None
+    if init_checkpoint:
+      # BERT's way: on a TPU through scaffold_fn, elsewhere inline.
+      def init():
+        v1.train.init_from_checkpoint(init_checkpoint, {'bert/': 'bert/'})
+      if params['use_tpu']:
+        def scaffold_fn():
+          init()
+          return v1.train.Scaffold()
+      else:
+        init()
+    if mode == tpu.ModeKeys.PREDICT:
+      return tpu.TPUEstimatorSpec(
+          mode, predictions={'logits': logits}, scaffold_fn=scaffold_fn)
+    loss = v1.losses.sparse_softmax_cross_entropy(labels, logits)
+    optimizer = v1.train.GradientDescentOptimizer(params['learning_rate'])
+    if params['use_tpu']:
+      optimizer = v1.tpu.CrossShardOptimizer(optimizer)
+    train_op = optimizer.minimize(loss, v1.train.get_global_step())
+    return tpu.TPUEstimatorSpec(
+        mode, loss=loss, train_op=train_op, scaffold_fn=scaffold_fn,
+        eval_metrics=(metric_fn, [labels, logits]))
+  return model_fn
+
+
+def make_estimator(module, model_dir, use_tpu, model_fn, shards=8,
+                   learning_rate=0.5):
+  config = module.RunConfig(
+      model_dir=str(model_dir), save_checkpoints_steps=1000,
+      tpu_config=module.TPUConfig(iterations_per_loop=2, num_shards=shards))
+  return module.TPUEstimator(
+      model_fn=model_fn, config=config, use_tpu=use_tpu,
+      train_batch_size=BATCH, eval_batch_size=BATCH, predict_batch_size=BATCH,
+      params={'learning_rate': learning_rate})
+
+
+def run(module, model_dir, use_tpu, model_fn=None, steps=4):
+  """Trains, evaluates and predicts; returns (eval results, predictions,
+  the checkpoint's variable names)."""
+  estimator = make_estimator(module, model_dir, use_tpu,
+                             model_fn or make_model_fn())
+  estimator.train(train_input_fn, max_steps=steps)
+  results = estimator.evaluate(eval_input_fn)
+  predictions = [p['logits'] for p in estimator.predict(predict_input_fn)]
+  names = sorted(name for name, _ in v1.train.list_variables(
+      estimator.latest_checkpoint()) if not name.startswith('input_position'))
+  return results, np.stack(predictions), names
+
+
+def _model_names(names):
+  return [n for n in names if n.startswith(('bert', 'dense'))]
+
+
+def test_default_named_layers_read_the_same_variables_in_every_replica(
+    tmp_path):
+  one, one_predictions, one_names = run(tpu, tmp_path / 'one', False)
+  many, many_predictions, many_names = run(tpu, tmp_path / 'many', True)
+  # Eight replicas and one train alike and read one set of variables,
+  # named as in a graph of its own (no bert_1, dense_3 or loop prefix).
+  assert many_names == one_names
+  model_names = _model_names(one_names)
+  assert 'bert/w' in model_names
+  assert not [n for n in model_names if '_1' in n or 'loop' in n]
+  assert many['global_step'] == one['global_step'] == 4
+  for key in ('loss', 'accuracy'):
+    np.testing.assert_allclose(many[key], one[key], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(many_predictions, one_predictions, rtol=1e-5,
+                             atol=1e-6)
+
+
+@requires_estimator
+def test_default_named_layers_give_stock_numbers(tmp_path):
+  stock = v1.estimator.tpu
+  expected, expected_predictions, expected_names = run(
+      stock, tmp_path / 'stock', False)
+  for use_tpu in (False, True):
+    results, predictions, names = run(tpu, tmp_path / str(use_tpu), use_tpu)
+    assert _model_names(names) == _model_names(expected_names)
+    assert results['global_step'] == expected['global_step']
+    for key in ('loss', 'accuracy'):
+      np.testing.assert_allclose(results[key], expected[key], rtol=1e-5,
+                                 atol=1e-6)
+    np.testing.assert_allclose(predictions, expected_predictions, rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_train_and_evaluate_rounds_and_export_read_the_trained_variables(
+    tmp_path):
+  estimator = make_estimator(tpu, tmp_path, True, make_model_fn(), shards=2)
+  history = estimator.train_and_evaluate(train_input_fn, eval_input_fn,
+                                         max_steps=4, eval_every_steps=2)
+  assert [round_['global_step'] for round_ in history] == [2, 4]
+  # The last round read the variables the checkpoint holds.
+  again = estimator.evaluate(eval_input_fn)
+  for key in ('loss', 'accuracy'):
+    np.testing.assert_allclose(history[-1][key], again[key], rtol=1e-6)
+  names = [n for n, _ in v1.train.list_variables(
+      estimator.latest_checkpoint())]
+  assert not [n for n in names if 'replica_' in n or 'loop' in n]
+
+  def serving_input_fn():
+    x = v1.placeholder(tf.float32, [None, 4])
+    return tpu.export.ServingInputReceiver({'x': x}, {'x': x})
+  export_dir = estimator.export_saved_model(str(tmp_path / 'export'),
+                                            serving_input_fn)
+  x, _ = _examples(2)
+  with tf.Graph().as_default(), v1.Session() as session:
+    meta = v1.saved_model.loader.load(session, ['serve'], export_dir)
+    signature = meta.signature_def['serving_default']
+    served = session.run(signature.outputs['logits'].name,
+                         {signature.inputs['x'].name: x[:BATCH]})
+  predicted = np.stack([p['logits'] for p in
+                        estimator.predict(predict_input_fn)])
+  np.testing.assert_allclose(served, predicted, rtol=1e-5, atol=1e-6)
+
+
+def _save_bert_checkpoint(path):
+  with tf.Graph().as_default():
+    v1.get_variable('bert/w', [4, 8], initializer=v1.constant_initializer(
+        np.arange(32, dtype=np.float32).reshape(4, 8) / 32.0))
+    with v1.Session() as session:
+      session.run(v1.global_variables_initializer())
+      return v1.train.Saver().save(session, str(path / 'init' / 'bert'))
+
+
+@pytest.mark.parametrize('use_tpu', [False, True])
+def test_init_from_checkpoint_and_tables_inside_model_fn(tmp_path, use_tpu):
+  checkpoint = _save_bert_checkpoint(tmp_path)
+  estimator = make_estimator(
+      tpu, tmp_path / 'model', use_tpu,
+      make_model_fn(init_checkpoint=checkpoint, table=True), shards=2,
+      learning_rate=0.0)
+  estimator.train(train_input_fn, max_steps=2)
+  np.testing.assert_array_equal(estimator.get_variable_value('bert/w'),
+                                v1.train.load_variable(checkpoint, 'bert/w'))
+  results = estimator.evaluate(eval_input_fn, steps=2)
+  assert results['global_step'] == 2
+  assert len(list(estimator.predict(predict_input_fn))) == BATCH
+
+
+def test_a_replica_making_other_variables_is_named(tmp_path):
+  replicas = []
+
+  def model_fn(features, labels, mode, params):
+    replicas.append(mode)
+    shape = [4, 2] if len(replicas) == 1 else [4, 3]
+    w = v1.get_variable('w', shape)
+    logits = tf.matmul(features['x'], w)[:, :2]
+    loss = v1.losses.sparse_softmax_cross_entropy(labels, logits)
+    optimizer = v1.tpu.CrossShardOptimizer(
+        v1.train.GradientDescentOptimizer(0.1))
+    return tpu.TPUEstimatorSpec(
+        mode, loss=loss,
+        train_op=optimizer.minimize(loss, v1.train.get_global_step()))
+  estimator = make_estimator(tpu, tmp_path, True, model_fn, shards=2)
+  with pytest.raises(ValueError, match=r'Replica 1 made its variable 0 as '
+                     r'replica_1/w.*replica 0 made w \(shape \(4, 2\)'):
+    estimator.train(train_input_fn, max_steps=2)
