@@ -30,6 +30,9 @@ from tensorflow.python.tpu.ops import tpu_ops
 from hookestimator.compat import v1
 
 REPLICA_SCOPE = 'replica_%d'
+# Where a reading replica builds: apart from the training replicas' scopes,
+# which a train_and_evaluate graph also holds.
+READING_SCOPE = 'reading_replica_%d'
 # The collections each replica's model_fn must see as its own: its global
 # step, the variables its optimizer trains, its losses and update ops.
 _PER_REPLICA_COLLECTIONS = (
@@ -344,8 +347,8 @@ def reusing_variables(variables, who, scope, taken=None):
   anew for each replica. `variables` may hold None where no variable is
   to be shared: that one is made as asked. `who` names the replica in
   errors; `scope` is the variable scope it builds in, its own, so that
-  names model_fn gives explicitly do not collide with replica 0's in the
-  variable store. Each variable it gives is appended to `taken`."""
+  names model_fn gives explicitly do not collide with existing ones in
+  the variable store. Each variable it gives is appended to `taken`."""
   taken = [] if taken is None else taken
 
   def creator(next_creator, **kwargs):
@@ -385,11 +388,11 @@ class SharedVariables(object):
   def replica(self, index):
     if index > 0:
       with reusing_variables(self._variables, 'Replica %d' % index,
-                             REPLICA_SCOPE % index):
+                             READING_SCOPE % index):
         yield
     elif self._targets is not None:
       with reusing_variables(self._targets, 'This loop\'s replica 0',
-                             REPLICA_SCOPE % index, self._variables):
+                             READING_SCOPE % index, self._variables):
         yield
     else:
       with recording_variables(self._variables):
