@@ -326,6 +326,20 @@ def _check_same_kind(index, who, kwargs, original):
 
 
 @contextlib.contextmanager
+def _creator_scope(creator):
+  """`creator` sees every variable made inside, also those that
+  tf.init_scope lifts out of a TF 2.x loop body's function graph into
+  the graphs around it (optimizer slots): each graph keeps its own
+  creators, so the scope is entered in every one of them."""
+  with contextlib.ExitStack() as stack:
+    graph = v1.get_default_graph()
+    while graph is not None:
+      stack.enter_context(graph._variable_creator_scope(creator))  # pylint: disable=protected-access
+      graph = getattr(graph, 'outer_graph', None)
+    yield
+
+
+@contextlib.contextmanager
 def recording_variables(into):
   """Appends every variable made inside (get_variable, tf.Variable, Keras
   and tf.compat.v1.layers alike) to the list `into`, in creation order."""
@@ -333,7 +347,7 @@ def recording_variables(into):
     variable = next_creator(**kwargs)
     into.append(variable)
     return variable
-  with v1.variable_creator_scope(creator):
+  with _creator_scope(creator):
     yield
 
 
@@ -366,7 +380,7 @@ def reusing_variables(variables, who, scope, taken=None):
       variable = original
     taken.append(variable)
     return variable
-  with v1.variable_scope(scope), v1.variable_creator_scope(creator):
+  with v1.variable_scope(scope), _creator_scope(creator):
     yield
   if len(taken) != len(variables):
     raise ValueError(
