@@ -3,12 +3,20 @@ runs on hookestimator by changing its import line to
 
     from hookestimator import tpu
 
+and a TF 1 program's TPU module, tf.contrib.tpu, may be swapped for this
+one as a whole.
+
 `TPUEstimator`, `TPUEstimatorSpec`, `RunConfig`, `TPUConfig` and
 `InputPipelineConfig` (tpu_config.py) take TPUEstimator's arguments.
 Arguments with no meaning here (a cluster to connect to, how several hosts
 split the input) are accepted and not used; arguments that cannot be
 honoured (distribution strategies, several TPU cores, TPU embeddings)
 raise a ValueError naming them. docs/tpu.md has the table.
+
+The TPU names a program uses inside model_fn (`CrossShardOptimizer`,
+`cross_replica_sum`, `bfloat16_scope`, `outside_compilation`, `rewrite`,
+`shard`, ...) are TensorFlow's own objects, as this TensorFlow line has
+them (compat.tpu_program_names); they work on hookestimator's replicas.
 """
 import copy
 import logging
@@ -38,6 +46,34 @@ TPUConfig = tpu_config.TPUConfig
 RunConfig = tpu_config.RunConfig
 RESERVED_PARAMS_KEYS = ('batch_size', 'context')
 _reject = tpu_config._reject  # pylint: disable=protected-access
+
+# TensorFlow's own TPU names, where this line has them.
+globals().update(compat.tpu_program_names())
+
+# tf.contrib.tpu's names that only a TPU system gives meaning to: its
+# feeds, topology and Keras conversion. Asking for one says why it is not
+# here.
+_TPU_SYSTEM_NAMES = (
+    'DeviceAssignment', 'InfeedQueue', 'TPUDistributionStrategy', 'Topology',
+    'device_assignment', 'export_estimator_savedmodel', 'infeed_dequeue',
+    'infeed_dequeue_tuple', 'infeed_enqueue', 'infeed_enqueue_tuple',
+    'keras_to_tpu_model', 'outfeed_dequeue', 'outfeed_dequeue_tuple',
+    'outfeed_enqueue', 'outfeed_enqueue_tuple', 'profiler')
+
+
+def __getattr__(name):
+  if name in _TPU_SYSTEM_NAMES:
+    raise AttributeError(
+        "hookestimator.tpu has no %r: tf.contrib.tpu's %s drives a TPU "
+        'system itself, and hookestimator feeds and places the model' %
+        (name, name))
+  if name == 'AsyncCheckpointSaverHook':
+    raise AttributeError(
+        'hookestimator.tpu has no AsyncCheckpointSaverHook on TensorFlow %s: '
+        'TensorFlow dropped it after 2.15; hookestimator writes its own '
+        'checkpoints off the training thread (RunConfig('
+        'save_checkpoints_steps))' % '.'.join(map(str, compat.TF_VERSION)))
+  raise AttributeError('module %r has no attribute %r' % (__name__, name))
 
 
 class TPUEstimatorSpec(spec_lib.HookEstimatorSpec):
