@@ -26,6 +26,7 @@ from hookestimator import compat
 from hookestimator import config as config_lib
 from hookestimator import estimator as estimator_lib
 from hookestimator import export as export_lib
+from hookestimator import replicas as replicas_lib
 from hookestimator import spec as spec_lib
 from hookestimator import tpu_config
 from hookestimator.compat import v1
@@ -168,6 +169,9 @@ class TPUEstimator(estimator_lib.HookEstimator):
       raise TypeError('warm_start_from must be a checkpoint path or a '
                       'WarmStartSettings, got %r' %
                       (warm_start_from,))
+    if use_tpu and train_batch_size is None:
+      raise ValueError('`train_batch_size` cannot be `None` with use_tpu=True '
+                       '(as TPUEstimator requires): give train_batch_size')
     device = choose_device(bool(use_tpu))
     replicas = 1
     split_batches = False
@@ -207,11 +211,15 @@ class TPUEstimator(estimator_lib.HookEstimator):
     self._eval_batch_size = eval_batch_size
     self._predict_batch_size = predict_batch_size
 
-  def _require_batch_size(self, name, value):
+  def _check_batch_size(self, name, value):
+    """Raises unless `value` is a batch size the replicas divide, before
+    input_fn is called, as TPUEstimator checks it."""
     if value is None:
       raise ValueError('%s needs a batch size: `%s_batch_size` cannot be '
                        '`None`; give train_batch_size (or %s_batch_size) to '
                        'TPUEstimator' % (name, name, name))
+    replicas_lib.per_replica_batch(name + '_batch_size', value,
+                               self._config.num_replicas)
 
   def train(self, input_fn, hooks=None, steps=None, max_steps=None,
             saving_listeners=None):
@@ -220,14 +228,14 @@ class TPUEstimator(estimator_lib.HookEstimator):
               'the framework\'s hook; use a SessionRunHook')
     steps = _check_steps('train', 'steps', steps)
     max_steps = _check_steps('train', 'max_steps', max_steps)
-    self._require_batch_size('train', self._train_batch_size)
+    self._check_batch_size('train', self._train_batch_size)
     return super(TPUEstimator, self).train(input_fn, steps=steps,
                                            max_steps=max_steps, hooks=hooks)
 
   def evaluate(self, input_fn, steps=None, hooks=None, checkpoint_path=None,
                name=None):
     steps = _check_steps('eval', 'steps', steps)
-    self._require_batch_size('eval', self._eval_batch_size)
+    self._check_batch_size('eval', self._eval_batch_size)
     changes = {}
     if self._eval_device != self._config.device:
       changes['device'] = self._eval_device
@@ -246,7 +254,7 @@ class TPUEstimator(estimator_lib.HookEstimator):
 
   def predict(self, input_fn, predict_keys=None, hooks=None,
               checkpoint_path=None, yield_single_examples=True):
-    self._require_batch_size('predict', self._predict_batch_size)
+    self._check_batch_size('predict', self._predict_batch_size)
     return super(TPUEstimator, self).predict(
         input_fn, predict_keys=predict_keys, hooks=hooks,
         checkpoint_path=checkpoint_path,

@@ -4,6 +4,7 @@ for bad ones, master and evaluation_master from the arguments, a cluster
 resolver or TF_CONFIG, and time-based iterations_per_loop. Where
 tensorflow-estimator is installed each case is also checked against it."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -353,16 +354,36 @@ def test_estimator_arguments_are_checked_with_tpu_estimators_phrases(
     assert phrase in str(raised.value), module
 
 
-def test_a_batch_the_replicas_do_not_divide_says_so(tmp_path):
+def _input_fn_without_params(dataset_size):
+  """An input_fn the framework cannot call: the batch check comes first."""
+  raise AssertionError('input_fn called with %r' % dataset_size)
+
+
+@pytest.mark.parametrize('mode, call', [
+    ('train', lambda est: est.train(_input_fn_without_params, steps=1)),
+    ('eval', lambda est: est.evaluate(_input_fn_without_params, steps=1)),
+    ('predict', lambda est: list(est.predict(_input_fn_without_params))),
+])
+def test_a_batch_the_replicas_do_not_divide_says_so_first(tmp_path, mode,
+                                                          call):
   config = tpu.RunConfig(model_dir=str(tmp_path),
                          tpu_config=tpu.TPUConfig(2, num_shards=4))
-  est = tpu.TPUEstimator(models.model_fn, config=config, train_batch_size=6)
-  with pytest.raises(ValueError, match='train.*must be divisible'):
-    est.train(models.train_input_fn, steps=1)
+  sizes = dict(train_batch_size=8, eval_batch_size=8, predict_batch_size=8)
+  sizes[mode + '_batch_size'] = 6
+  est = tpu.TPUEstimator(models.model_fn, config=config, **sizes)
+  with pytest.raises(ValueError) as raised:
+    call(est)
+  assert re.search('%s.*must be divisible' % mode, str(raised.value))
+  assert '=6 cannot be split over 4 replicas' in str(raised.value)
 
 
 def test_a_missing_train_batch_size_says_so(tmp_path):
+  for module in _both(lambda m: m):
+    with pytest.raises(ValueError) as raised:
+      module.TPUEstimator(models.model_fn, config=module.RunConfig(),
+                          predict_batch_size=2, use_tpu=True)
+    assert '`train_batch_size` cannot be `None`' in str(raised.value)
   est = tpu.TPUEstimator(models.model_fn, config=tpu.RunConfig(
-      model_dir=str(tmp_path)), predict_batch_size=2)
+      model_dir=str(tmp_path)), predict_batch_size=2, use_tpu=False)
   with pytest.raises(ValueError, match='`train_batch_size` cannot be `None`'):
     est.train(models.train_input_fn, steps=1)

@@ -274,7 +274,10 @@ def test_method_arguments_that_cannot_be_honoured(tmp_path, call, match):
 
 
 def test_a_missing_batch_size_is_named_when_needed(tmp_path):
-  est = _estimator(tmp_path, train_batch_size=None, predict_batch_size=4)
+  # With use_tpu=True a missing train_batch_size is refused at once, as
+  # TPUEstimator refuses it (test_tpu_config.py).
+  est = _estimator(tmp_path, train_batch_size=None, predict_batch_size=4,
+                   use_tpu=False)
   with pytest.raises(ValueError, match='train needs a batch size'):
     est.train(models.train_input_fn, steps=1)
   with pytest.raises(ValueError, match='eval needs a batch size'):
