@@ -161,15 +161,25 @@ def _check_jobs(jobs):
   return checked
 
 
-def parse(value, source='cluster'):
-  """A Cluster from `value` in TF_CONFIG's format (a JSON string or a
-  dict with 'cluster' and 'task'); None for a cluster of the chief alone,
-  or for an empty value."""
-  if isinstance(value, Cluster) or value is None:
-    return value
+# TF_CONFIG's keys that this module reads; Estimator's RunConfig also
+# reads the rest (the drop-in's RunConfig takes its masters from them).
+# Keys no one reads are ignored, as Estimator ignores them.
+TF_CONFIG_KEYS = ('cluster', 'task', 'environment', 'rpc_layer',
+                  'session_master', 'eval_session_master', 'service',
+                  'model_dir')
+# A single task of these jobs runs in-process, as Estimator's RunConfig
+# runs it.
+_SINGLE_TASK_JOBS = ('chief', 'master')
+
+
+def load(value, source='cluster'):
+  """TF_CONFIG's dict from `value` (a JSON string or a dict); {} for None
+  or an empty string."""
+  if value is None:
+    return {}
   if isinstance(value, str):
     if not value.strip():
-      return None
+      return {}
     try:
       value = json.loads(value)
     except ValueError as error:
@@ -178,17 +188,39 @@ def parse(value, source='cluster'):
   if not isinstance(value, dict):
     raise TypeError('%s must be a dict with "cluster" and "task" (TF_CONFIG '
                     'format), got %r' % (source, value))
-  unknown = sorted(set(value) - {'cluster', 'task', 'environment', 'rpc_layer'})
+  service = value.get('service')
+  if service is not None and not isinstance(service, dict):
+    raise TypeError('If "service" is set in TF_CONFIG, it must be a dict; %s '
+                    'has "service": %r' % (source, service))
+  unknown = sorted(set(value) - set(TF_CONFIG_KEYS))
   if unknown:
-    raise ValueError('%s has the unknown key(s) %s; expected "cluster" and '
-                     '"task"' % (source, unknown))
-  if value.get('rpc_layer', 'grpc') != 'grpc':
-    raise ValueError('%s asks for rpc_layer %r; only "grpc" is supported' %
-                     (source, value['rpc_layer']))
+    log.warning('%s has the key(s) %s, which nothing reads; the known keys '
+                'are %s', source, unknown, list(TF_CONFIG_KEYS))
+  return value
+
+
+def read_tf_config(environ=None):
+  """The TF_CONFIG environment variable's dict ({} when it is unset)."""
+  environ = os.environ if environ is None else environ
+  return load(environ.get(TF_CONFIG), 'the TF_CONFIG environment variable')
+
+
+def parse(value, source='cluster'):
+  """A Cluster from `value` in TF_CONFIG's format (a JSON string or a
+  dict with 'cluster' and 'task'); None for a cluster of one task (which
+  runs in this process, as Estimator runs it), or for an empty value."""
+  if isinstance(value, Cluster):
+    return value
+  value = load(value, source)
   jobs = value.get('cluster')
   if not jobs:
     return None
+  if not isinstance(jobs, dict):
+    _check_jobs(jobs)  # Raises, naming it.
   jobs = {job: addresses for job, addresses in jobs.items() if addresses}
+  if _single_task(jobs):
+    log.info('%s names one task: training runs in this process.', source)
+    return None
   task = value.get('task')
   if not isinstance(task, dict) or 'type' not in task:
     raise ValueError('%s needs a "task" with its "type" and "index" (this '
@@ -198,7 +230,20 @@ def parse(value, source='cluster'):
     log.info('%s names the chief alone: training runs in this process.',
              source)
     return None
+  if value.get('rpc_layer', 'grpc') != 'grpc':
+    raise ValueError('%s asks for rpc_layer %r; a cluster runs over "grpc" '
+                     'only' % (source, value['rpc_layer']))
   return cluster
+
+
+def _single_task(jobs):
+  """Whether `jobs` is one task that Estimator runs in-process: a chief
+  alone, or a "master" alone (Cloud ML Engine's single-machine jobs)."""
+  if len(jobs) != 1:
+    return False
+  (job, addresses), = jobs.items()
+  return (job in _SINGLE_TASK_JOBS and isinstance(addresses, (list, tuple))
+          and len(addresses) == 1)
 
 
 def from_environment(environ=None):

@@ -7,6 +7,7 @@ import collections
 
 import tensorflow as tf
 from tensorflow.python.ops import summary_ops_v2
+from tensorflow.python.tpu import training_loop
 from tensorflow.python.saved_model.model_utils import export_output
 from tensorflow.python.saved_model.model_utils import mode_keys
 
@@ -104,3 +105,35 @@ def serialize_iterator(iterator_resource):
         resource_handle=iterator_resource,
         external_state_policy=_FAIL_ON_EXTERNAL_STATE)
   return tf.raw_ops.SerializeIterator(resource_handle=iterator_resource)
+
+
+# TensorFlow's own TPU names that a TPU program takes from its TPU module
+# (tf.contrib.tpu on TF 1.x, tf.compat.v1.tpu after it) and that build
+# without a TPU: on every line in tf.compat.v1.tpu ...
+_V1_TPU_NAMES = ('CrossShardOptimizer', 'batch_parallel', 'bfloat16_scope',
+                 'core', 'cross_replica_sum', 'initialize_system',
+                 'outside_compilation', 'replicate', 'rewrite', 'shard',
+                 'shutdown_system')
+# ... on TF 2.x only.
+_V1_TPU_NAMES_TF2 = ('PaddingSpec', 'XLAOptions')
+
+
+def tpu_program_names():
+  """{name: TensorFlow's object} for the TPU module names above, as this
+  line has them, with tf.contrib.tpu's training loops (`repeat`,
+  `while_loop`) and, where TensorFlow still has it (up to 2.15),
+  `AsyncCheckpointSaverHook`. tf.contrib.tpu re-exports the same objects
+  on TF 1.15; they are taken from where it takes them, so that naming
+  them does not load tf.contrib."""
+  names = {name: getattr(v1.tpu, name) for name in _V1_TPU_NAMES}
+  names.update((name, getattr(v1.tpu, name)) for name in _V1_TPU_NAMES_TF2
+               if hasattr(v1.tpu, name))
+  names['repeat'] = training_loop.repeat
+  names['while_loop'] = training_loop.while_loop
+  try:
+    from tensorflow.python.tpu import async_checkpoint  # pylint: disable=g-import-not-at-top
+  except ImportError:  # TF >= 2.16
+    pass
+  else:
+    names['AsyncCheckpointSaverHook'] = async_checkpoint.AsyncCheckpointSaverHook
+  return names

@@ -36,6 +36,25 @@ def check_positive_number(name, value):
   return value
 
 
+def _model_dir(model_dir, tf_config):
+  """model_dir, or TF_CONFIG's "model_dir" when it is None, as Estimator's
+  RunConfig takes it; the two must agree when both are given."""
+  from_tf_config = tf_config.get('model_dir')
+  if from_tf_config is None:
+    return model_dir
+  if not from_tf_config or not isinstance(from_tf_config, str):
+    raise ValueError('model_dir in TF_CONFIG should be non-empty: expected a '
+                     'directory path, got %r' % (from_tf_config,))
+  if model_dir is None:
+    return from_tf_config
+  if (isinstance(model_dir, (str, os.PathLike)) and
+      os.fspath(model_dir) != from_tf_config):
+    raise ValueError(
+        'model_dir=%r must have the same value as the model_dir in TF_CONFIG '
+        '(%r) when both are set' % (model_dir, from_tf_config))
+  return model_dir
+
+
 def _with_cpu_devices(session_config, count):
   """A copy of `session_config` with at least `count` CPU devices, and soft
   placement as a session with no config has."""
@@ -50,9 +69,15 @@ class RunConfig(object):
   """Where a HookEstimator keeps its files and how it runs its loops.
 
   Args:
-    model_dir: directory for checkpoints and event files; a new temporary
-      directory when None.
-    iterations_per_loop: training steps run on the device per session.run.
+    model_dir: directory for checkpoints and event files; when None, the
+      TF_CONFIG environment variable's "model_dir", else a new temporary
+      directory.
+    iterations_per_loop: training steps run on the device per session.run
+      (with `loop_seconds`, the first loop's steps); the steps of each
+      evaluation and prediction loop.
+    loop_seconds: when set, training loops are sized from the measured time
+      a step takes so that each lasts about this many seconds (TPUConfig's
+      `iterations_per_loop='300s'`).
     save_checkpoints_steps: save a checkpoint every this many steps.
     save_checkpoints_secs: or every this many seconds (not both); when
       neither is given, every 600 seconds.
@@ -95,7 +120,9 @@ class RunConfig(object):
                num_replicas=1,
                feeding=None,
                cluster=None,
-               peer_timeout_secs=60):
+               peer_timeout_secs=60,
+               loop_seconds=None):
+    model_dir = _model_dir(model_dir, cluster_lib.read_tf_config())
     if model_dir is not None:
       if not isinstance(model_dir, (str, os.PathLike)):
         raise TypeError('model_dir must be a path string or None, got %r' %
@@ -107,6 +134,7 @@ class RunConfig(object):
     self.model_dir = model_dir
     self.iterations_per_loop = check_positive_int('iterations_per_loop',
                                                   iterations_per_loop)
+    self.loop_seconds = check_positive_number('loop_seconds', loop_seconds)
     if save_checkpoints_steps is not None and save_checkpoints_secs is not None:
       raise ValueError(
           'Set save_checkpoints_steps or save_checkpoints_secs, not both; got '
@@ -192,7 +220,8 @@ class RunConfig(object):
         num_replicas=self.num_replicas,
         feeding=self.feeding,
         cluster=self.cluster or '',
-        peer_timeout_secs=self.peer_timeout_secs)
+        peer_timeout_secs=self.peer_timeout_secs,
+        loop_seconds=self.loop_seconds)
     fields.update(changes)
     if ('device' in changes or 'cluster' in changes) and (
         'feeding' not in changes):
@@ -205,8 +234,9 @@ class RunConfig(object):
     return ('RunConfig(model_dir=%r, iterations_per_loop=%d, '
             'save_checkpoints_steps=%r, save_checkpoints_secs=%r, '
             'keep_checkpoint_max=%d, log_step_count_steps=%d, device=%r, '
-            'num_replicas=%d, feeding=%r, cluster=%r)' % (
+            'num_replicas=%d, feeding=%r, cluster=%r, loop_seconds=%r)' % (
                 self.model_dir, self.iterations_per_loop,
                 self.save_checkpoints_steps, self.save_checkpoints_secs,
                 self.keep_checkpoint_max, self.log_step_count_steps,
-                self.device, self.num_replicas, self.feeding, self.cluster))
+                self.device, self.num_replicas, self.feeding, self.cluster,
+                self.loop_seconds))

@@ -290,6 +290,10 @@ class HookEstimator(object):
     saver = user.saver if user is not None else None
     if saver is None:
       saver = DefaultSaver(self._config.keep_checkpoint_max)
+    if not v1.get_collection(v1.GraphKeys.SAVERS):
+      # As Estimator, for hooks that save with the graph's saver
+      # (CheckpointSaverHook, AsyncCheckpointSaverHook).
+      v1.add_to_collection(v1.GraphKeys.SAVERS, saver)
     user_local_init = user.local_init_op if user is not None else None
     local_init = tf.group(
         user_local_init if user_local_init is not None else

@@ -2,12 +2,14 @@
 
 - DeviceSystemHook: device check, system init before the first loop; at
   the end, closing the feeding queues and system shutdown.
-- LoopSizeHook: the size of each device loop, and stopping at the step.
+- LoopSizeHook: the size of each device loop, and stopping at the step;
+  with a StepTimeSizer, loops sized to last a given time.
 - InfeedOutfeedHook: signals the infeed and outfeed controllers with each
   loop's size; joins them at the end and re-raises their errors.
 - ThroughputHook: per-loop step, loss, time and speed, logged and written
   as TensorBoard scalars every log_step_count_steps steps.
 """
+import collections
 import logging
 import time
 
@@ -58,16 +60,62 @@ class DeviceSystemHook(v1.train.SessionRunHook):
       self._device.shutdown(self._session_config)
 
 
+class StepTimeSizer(object):
+  """Sizes training loops to last about `target_seconds` each, from the time
+  the last loops took per step (TPUConfig's `iterations_per_loop='300s'`).
+
+  The first loop runs `first_size` steps; every later one
+  target_seconds / (seconds / steps over the last `window` loops), at
+  least one step. The hook that runs the loops reports each loop's start
+  and its steps once it ended; `clock` gives the time.
+  """
+
+  def __init__(self, target_seconds, first_size=1, window=20,
+               clock=time.monotonic):
+    self.target_seconds = config_lib.check_positive_number('target_seconds',
+                                                           target_seconds)
+    if self.target_seconds is None:
+      raise ValueError('target_seconds must be a positive number, got None')
+    self._first_size = config_lib.check_positive_int('first_size',
+                                                     first_size)
+    self._loops = collections.deque(
+        maxlen=config_lib.check_positive_int('window', window))
+    self._clock = clock
+    self._start = None
+
+  def loop_started(self):
+    self._start = self._clock()
+
+  def loop_ended(self, steps):
+    if self._start is None or steps <= 0:
+      return
+    self._loops.append((max(self._clock() - self._start, 0.0), steps))
+    self._start = None
+
+  def next_size(self):
+    """The steps the next loop should run to last about target_seconds."""
+    seconds = sum(loop[0] for loop in self._loops)
+    steps = sum(loop[1] for loop in self._loops)
+    if not steps:
+      return self._first_size
+    if seconds <= 0.0:  # Too fast for the clock: grow as fast as possible.
+      return max(self._first_size, steps * 2)
+    return max(1, int(round(self.target_seconds * steps / seconds)))
+
+
 class LoopSizeHook(v1.train.SessionRunHook):
   """Sizes each loop as min(iterations_per_loop, final_step - global_step)
   and stops training at exactly the final step.
 
+  With `sizer` (a StepTimeSizer) the loops are sized by the time a step
+  takes instead of iterations_per_loop: min(sizer's size, steps left).
   The size goes to the device loop as a feed, and to the feeding hook
   through the shared LoopState.
   """
 
   def __init__(self, loop_state, iterations_per_loop, iterations_tensor,
-               global_step_after, num_steps=None, last_step=None):
+               global_step_after, num_steps=None, last_step=None,
+               sizer=None):
     if num_steps is not None and last_step is not None:
       raise ValueError('Give num_steps or last_step, not both; got %r and %r'
                        % (num_steps, last_step))
@@ -80,6 +128,7 @@ class LoopSizeHook(v1.train.SessionRunHook):
                                                     allow_none=True)
     self._iterations_tensor = iterations_tensor
     self._global_step_after = global_step_after
+    self._sizer = sizer
     self._global_step = None
     self.final_step = None
 
@@ -100,6 +149,8 @@ class LoopSizeHook(v1.train.SessionRunHook):
     self._next_loop(step, coord)
 
   def before_run(self, run_context):
+    if self._sizer is not None:
+      self._sizer.loop_started()
     return v1.train.SessionRunArgs(
         self._global_step_after,
         feed_dict={self._iterations_tensor: self._loop_state.iterations})
@@ -112,17 +163,24 @@ class LoopSizeHook(v1.train.SessionRunHook):
           '%d): the train_op must increment it, e.g. minimize(loss, '
           'global_step=tf.compat.v1.train.get_global_step())' %
           (self._loop_state.iterations, step))
+    if self._sizer is not None:
+      self._sizer.loop_ended(step - self._step_before)
     self._next_loop(step, run_context)
+
+  def _loop_size(self):
+    if self._sizer is not None:
+      return self._sizer.next_size()
+    return self._iterations_per_loop
 
   def _next_loop(self, step, stopper):
     self._step_before = step
     if self.final_step is None:
-      self._loop_state.iterations = self._iterations_per_loop
+      self._loop_state.iterations = self._loop_size()
     elif step >= self.final_step:
       self._loop_state.iterations = 0
       stopper.request_stop()
     else:
-      self._loop_state.iterations = min(self._iterations_per_loop,
+      self._loop_state.iterations = min(self._loop_size(),
                                         self.final_step - step)
 
 

@@ -54,8 +54,8 @@ def per_replica_batch(name, global_batch, count):
   divide it."""
   if global_batch % count:
     raise ValueError(
-        '%s=%d cannot be split over %d replicas: the global batch must be a '
-        'multiple of the number of replicas' % (name, global_batch, count))
+        '%s=%d cannot be split over %d replicas: the global batch must be '
+        'divisible by the number of replicas' % (name, global_batch, count))
   return global_batch // count
 
 

@@ -3,24 +3,32 @@ runs on hookestimator by changing its import line to
 
     from hookestimator import tpu
 
+and a TF 1 program's TPU module, tf.contrib.tpu, may be swapped for this
+one as a whole.
+
 `TPUEstimator`, `TPUEstimatorSpec`, `RunConfig`, `TPUConfig` and
-`InputPipelineConfig` take TPUEstimator's arguments. Arguments with no
-meaning here (a cluster to connect to, how several hosts split the input)
-are accepted and not used; arguments that cannot be honoured (distribution
-strategies, several TPU cores, TPU embeddings) raise a ValueError naming
-them. docs/tpu.md has the table.
+`InputPipelineConfig` (tpu_config.py) take TPUEstimator's arguments.
+Arguments with no meaning here (a cluster to connect to, how several hosts
+split the input) are accepted and not used; arguments that cannot be
+honoured (distribution strategies, several TPU cores, TPU embeddings)
+raise a ValueError naming them. docs/tpu.md has the table.
+
+The TPU names a program uses inside model_fn (`CrossShardOptimizer`,
+`cross_replica_sum`, `bfloat16_scope`, `outside_compilation`, `rewrite`,
+`shard`, ...) are TensorFlow's own objects, as this TensorFlow line has
+them (compat.tpu_program_names); they work on hookestimator's replicas.
 """
-import collections
 import copy
 import logging
 import numbers
-
 
 from hookestimator import compat
 from hookestimator import config as config_lib
 from hookestimator import estimator as estimator_lib
 from hookestimator import export as export_lib
+from hookestimator import replicas as replicas_lib
 from hookestimator import spec as spec_lib
+from hookestimator import tpu_config
 from hookestimator.compat import v1
 
 log = logging.getLogger(__name__)
@@ -34,170 +42,39 @@ EstimatorSpec = (compat.estimator_types('EstimatorSpec') or
 WarmStartSettings = (compat.estimator_types('WarmStartSettings') or
                      (compat.WarmStartSettings,))[0]
 export = export_lib
-_UNSET = object()
+InputPipelineConfig = tpu_config.InputPipelineConfig
+TPUConfig = tpu_config.TPUConfig
+RunConfig = tpu_config.RunConfig
 RESERVED_PARAMS_KEYS = ('batch_size', 'context')
+_reject = tpu_config._reject  # pylint: disable=protected-access
+
+# TensorFlow's own TPU names, where this line has them.
+globals().update(compat.tpu_program_names())
+
+# tf.contrib.tpu's names that only a TPU system gives meaning to: its
+# feeds, topology and Keras conversion. Asking for one says why it is not
+# here.
+_TPU_SYSTEM_NAMES = (
+    'DeviceAssignment', 'InfeedQueue', 'TPUDistributionStrategy', 'Topology',
+    'device_assignment', 'export_estimator_savedmodel', 'infeed_dequeue',
+    'infeed_dequeue_tuple', 'infeed_enqueue', 'infeed_enqueue_tuple',
+    'keras_to_tpu_model', 'outfeed_dequeue', 'outfeed_dequeue_tuple',
+    'outfeed_enqueue', 'outfeed_enqueue_tuple', 'profiler')
 
 
-class InputPipelineConfig(object):
-  """TPUEstimator's input pipeline modes. With several replicas, PER_HOST_V1
-  splits each input_fn batch over the replicas, PER_HOST_V2 and
-  PER_SHARD_V1 give each replica batches of its own; BROADCAST and SLICED
-  are refused there (docs/replicas.md)."""
-  PER_SHARD_V1 = 1
-  PER_HOST_V1 = 2
-  PER_HOST_V2 = 3
-  BROADCAST = 4
-  SLICED = 5
-
-
-def _reject(name, value, why):
-  raise ValueError('%s=%r cannot be honoured: %s' % (name, value, why))
-
-
-class TPUConfig(
-    collections.namedtuple('TPUConfig', [
-        'iterations_per_loop', 'num_shards', 'num_cores_per_replica',
-        'per_host_input_for_training', 'tpu_job_name',
-        'initial_infeed_sleep_secs', 'input_partition_dims',
-        'eval_training_input_configuration',
-        'experimental_host_call_every_n_steps',
-        'experimental_allow_per_host_v2_parallel_get_next',
-        'experimental_feed_hook'
-    ])):
-  """TPUEstimator's TPUConfig. `iterations_per_loop` is used;
-  `num_shards`, `num_cores_per_replica` and `input_partition_dims` are
-  checked when the loop runs on a TPU (one core runs it)."""
-
-  def __new__(cls, iterations_per_loop=2, num_shards=None,
-              num_cores_per_replica=None, per_host_input_for_training=True,
-              tpu_job_name=None, initial_infeed_sleep_secs=None,
-              input_partition_dims=None,
-              eval_training_input_configuration=(
-                  InputPipelineConfig.PER_HOST_V1),
-              experimental_host_call_every_n_steps=1,
-              experimental_allow_per_host_v2_parallel_get_next=False,
-              experimental_feed_hook=None):
-    if isinstance(iterations_per_loop, str):
-      _reject('iterations_per_loop', iterations_per_loop,
-              'loops are counted in steps; give a positive integer')
-    config_lib.check_positive_int('iterations_per_loop', iterations_per_loop)
-    config_lib.check_positive_int('num_shards', num_shards, allow_none=True)
-    config_lib.check_positive_int('num_cores_per_replica',
-                                  num_cores_per_replica, allow_none=True)
-    if experimental_host_call_every_n_steps != 1:
-      _reject('experimental_host_call_every_n_steps',
-              experimental_host_call_every_n_steps,
-              'host_call runs on every step')
-    if experimental_feed_hook is not None:
-      _reject('experimental_feed_hook', experimental_feed_hook,
-              'the framework feeds the device with its own hook')
-    return super(TPUConfig, cls).__new__(
-        cls, iterations_per_loop, num_shards, num_cores_per_replica,
-        per_host_input_for_training, tpu_job_name, initial_infeed_sleep_secs,
-        input_partition_dims, eval_training_input_configuration,
-        experimental_host_call_every_n_steps,
-        experimental_allow_per_host_v2_parallel_get_next,
-        experimental_feed_hook)
-
-  def splits_batches(self, replicas):
-    """Whether input_fn's batches are split over `replicas` replicas
-    (PER_HOST_V1) rather than each replica reading its own; raises for the
-    modes several replicas cannot honour."""
-    mode = self.per_host_input_for_training
-    if mode is True:
-      mode = InputPipelineConfig.PER_HOST_V1
-    elif mode is False:
-      mode = InputPipelineConfig.PER_SHARD_V1
-    if replicas > 1 and mode in (InputPipelineConfig.BROADCAST,
-                                 InputPipelineConfig.SLICED):
-      _reject('per_host_input_for_training', mode, 'BROADCAST and SLICED '
-              'input serve model parallelism; with %d replicas use '
-              'PER_HOST_V1 or PER_HOST_V2' % replicas)
-    return mode == InputPipelineConfig.PER_HOST_V1
-
-  def check_one_core(self):
-    """Raises if this config needs more than the one TPU core that runs
-    the loop."""
-    if self.num_shards not in (None, 1):
-      _reject('num_shards', self.num_shards, 'hookestimator runs the loop '
-              'on one TPU core; set num_shards=1 (or None)')
-    if self.num_cores_per_replica not in (None, 1):
-      _reject('num_cores_per_replica', self.num_cores_per_replica,
-              'model parallelism is not supported; one core runs the loop')
-    if self.input_partition_dims is not None:
-      _reject('input_partition_dims', self.input_partition_dims,
-              'spatial partitioning is not supported')
-
-
-class RunConfig(config_lib.RunConfig):
-  """TPUEstimator's RunConfig: tf.estimator.RunConfig's arguments plus
-  `tpu_config`, `master`, `evaluation_master` and `cluster`."""
-
-  def __init__(self, tpu_config=None, evaluation_master=None, master=None,
-               cluster=None, model_dir=None, tf_random_seed=None,
-               save_summary_steps=100, save_checkpoints_steps=_UNSET,
-               save_checkpoints_secs=_UNSET, session_config=None,
-               keep_checkpoint_max=5, keep_checkpoint_every_n_hours=10000,
-               log_step_count_steps=100, train_distribute=None,
-               device_fn=None, protocol=None, eval_distribute=None,
-               experimental_distribute=None,
-               experimental_max_worker_delay_secs=None,
-               session_creation_timeout_secs=7200,
-               checkpoint_save_graph_def=True):
-    if tpu_config is None:
-      tpu_config = TPUConfig()
-    if not isinstance(tpu_config, TPUConfig):
-      raise TypeError('tpu_config must be a hookestimator.tpu.TPUConfig, got '
-                      '%r' % (tpu_config,))
-    for name, value in (('train_distribute', train_distribute),
-                        ('eval_distribute', eval_distribute),
-                        ('experimental_distribute', experimental_distribute),
-                        ('device_fn', device_fn)):
-      if value is not None:
-        _reject(name, value, 'hookestimator places the model itself and '
-                'runs no distribution strategy')
-    if keep_checkpoint_every_n_hours != 10000:
-      _reject('keep_checkpoint_every_n_hours', keep_checkpoint_every_n_hours,
-              'checkpoints are kept by keep_checkpoint_max only')
-    if checkpoint_save_graph_def is not True:
-      _reject('checkpoint_save_graph_def', checkpoint_save_graph_def,
-              'the graph is always saved with the first checkpoint')
-    if tf_random_seed is not None and (
-        isinstance(tf_random_seed, bool) or
-        not isinstance(tf_random_seed, numbers.Integral)):
-      raise TypeError('tf_random_seed must be an integer or None, got %r' %
-                      (tf_random_seed,))
-    if save_checkpoints_steps is _UNSET and save_checkpoints_secs is _UNSET:
-      save_checkpoints_steps = None
-      save_checkpoints_secs = config_lib.DEFAULT_SAVE_CHECKPOINTS_SECS
-    save_checkpoints_steps = (None if save_checkpoints_steps is _UNSET else
-                              save_checkpoints_steps)
-    save_checkpoints_secs = (None if save_checkpoints_secs is _UNSET else
-                             save_checkpoints_secs)
-    super(RunConfig, self).__init__(
-        model_dir=model_dir,
-        iterations_per_loop=tpu_config.iterations_per_loop,
-        save_checkpoints_steps=save_checkpoints_steps,
-        save_checkpoints_secs=save_checkpoints_secs,
-        keep_checkpoint_max=keep_checkpoint_max,
-        log_step_count_steps=log_step_count_steps,
-        session_config=session_config)
-    self.tpu_config = tpu_config
-    self.tf_random_seed = tf_random_seed
-    self.save_summary_steps = save_summary_steps
-    self.master = master
-    self.evaluation_master = evaluation_master
-    self.cluster = cluster
-    if cluster is not None or master or evaluation_master:
-      log.info('Ignoring master/evaluation_master/cluster: hookestimator '
-               'runs on the devices of this machine')
-
-  def replace(self, **changes):
-    """A copy with `changes` applied; keeps the TPU fields."""
-    base = super(RunConfig, self).replace(**changes)
-    new = copy.copy(self)
-    new.__dict__.update(base.__dict__)
-    return new
+def __getattr__(name):
+  if name in _TPU_SYSTEM_NAMES:
+    raise AttributeError(
+        "hookestimator.tpu has no %r: tf.contrib.tpu's %s drives a TPU "
+        'system itself, and hookestimator feeds and places the model' %
+        (name, name))
+  if name == 'AsyncCheckpointSaverHook':
+    raise AttributeError(
+        'hookestimator.tpu has no AsyncCheckpointSaverHook on TensorFlow %s: '
+        'TensorFlow dropped it after 2.15; hookestimator writes its own '
+        'checkpoints off the training thread (RunConfig('
+        'save_checkpoints_steps))' % '.'.join(map(str, compat.TF_VERSION)))
+  raise AttributeError('module %r has no attribute %r' % (__name__, name))
 
 
 class TPUEstimatorSpec(spec_lib.HookEstimatorSpec):
@@ -224,7 +101,23 @@ def choose_device(use_tpu, list_devices=None):
 
 
 def _optional_batch_size(name, value):
-  return config_lib.check_positive_int(name, value, allow_none=True)
+  if value is None:
+    return None
+  return tpu_config.check_positive_integer(value, name)
+
+
+def _check_steps(mode, name, value):
+  """`value` (None, or a number of steps > 0), else raises with
+  TPUEstimator's and Estimator's phrases."""
+  if value is None or isinstance(value, bool):
+    return value  # HookEstimator refuses a bool, naming it.
+  if not isinstance(value, numbers.Integral):
+    raise TypeError('%s %s must be int (a positive integer), got %r (%s)' % (
+        mode, name, value, type(value).__name__))
+  if value <= 0:
+    raise ValueError('Must specify %s > 0, given: %r (%s %s must be '
+                     'positive)' % (name, value, mode, name))
+  return value
 
 
 class TPUEstimator(estimator_lib.HookEstimator):
@@ -257,8 +150,8 @@ class TPUEstimator(estimator_lib.HookEstimator):
     params = dict(params or {})
     for key in RESERVED_PARAMS_KEYS:
       if key in params:
-        raise ValueError('params sets the reserved key %r; TPUEstimator sets '
-                         'it' % key)
+        raise ValueError('params sets %r: %s are reserved keys, which '
+                         'TPUEstimator sets' % (key, list(RESERVED_PARAMS_KEYS)))
     if embedding_config_spec is not None:
       _reject('embedding_config_spec', embedding_config_spec,
               'TPU embeddings are not supported')
@@ -276,10 +169,21 @@ class TPUEstimator(estimator_lib.HookEstimator):
       raise TypeError('warm_start_from must be a checkpoint path or a '
                       'WarmStartSettings, got %r' %
                       (warm_start_from,))
+    if use_tpu and train_batch_size is None:
+      raise ValueError('`train_batch_size` cannot be `None` with use_tpu=True '
+                       '(as TPUEstimator requires): give train_batch_size')
     device = choose_device(bool(use_tpu))
     replicas = 1
     split_batches = False
     if isinstance(config, RunConfig):
+      if use_tpu and config.tpu_config.num_cores_per_replica and (
+          config.tpu_config.per_host_input_for_training ==
+          InputPipelineConfig.PER_SHARD_V1):
+        raise ValueError(
+            'Model parallelism only supports per host input for training: '
+            'num_cores_per_replica=%r needs per_host_input_for_training '
+            'PER_HOST_V1 or PER_HOST_V2, got PER_SHARD_V1' %
+            config.tpu_config.num_cores_per_replica)
       if device == 'tpu':
         config.tpu_config.check_one_core()
       elif use_tpu:
@@ -307,35 +211,50 @@ class TPUEstimator(estimator_lib.HookEstimator):
     self._eval_batch_size = eval_batch_size
     self._predict_batch_size = predict_batch_size
 
-  def _require_batch_size(self, name, value):
+  def _check_batch_size(self, name, value):
+    """Raises unless `value` is a batch size the replicas divide, before
+    input_fn is called, as TPUEstimator checks it."""
     if value is None:
-      raise ValueError('%s needs a batch size: give train_batch_size (or %s) '
-                       'to TPUEstimator' % (name, name + '_batch_size'))
+      raise ValueError('%s needs a batch size: `%s_batch_size` cannot be '
+                       '`None`; give train_batch_size (or %s_batch_size) to '
+                       'TPUEstimator' % (name, name, name))
+    replicas_lib.per_replica_batch(name + '_batch_size', value,
+                               self._config.num_replicas)
 
   def train(self, input_fn, hooks=None, steps=None, max_steps=None,
             saving_listeners=None):
     if saving_listeners:
       _reject('saving_listeners', saving_listeners, 'checkpoints are saved by '
               'the framework\'s hook; use a SessionRunHook')
-    self._require_batch_size('train', self._train_batch_size)
+    steps = _check_steps('train', 'steps', steps)
+    max_steps = _check_steps('train', 'max_steps', max_steps)
+    self._check_batch_size('train', self._train_batch_size)
     return super(TPUEstimator, self).train(input_fn, steps=steps,
                                            max_steps=max_steps, hooks=hooks)
 
   def evaluate(self, input_fn, steps=None, hooks=None, checkpoint_path=None,
                name=None):
-    self._require_batch_size('eval', self._eval_batch_size)
-    target = self
+    steps = _check_steps('eval', 'steps', steps)
+    self._check_batch_size('eval', self._eval_batch_size)
+    changes = {}
     if self._eval_device != self._config.device:
-      # The same estimator, evaluating on another device.
+      changes['device'] = self._eval_device
+    if self._config.loop_seconds is not None and steps:
+      # Loops sized by time: as TPUEstimator on a TPU, the evaluation's
+      # steps run in one loop.
+      changes['iterations_per_loop'] = steps
+    target = self
+    if changes:
+      # The same estimator, evaluating on another device or loop size.
       target = copy.copy(self)
-      target._config = self._config.replace(device=self._eval_device)
+      target._config = self._config.replace(**changes)
     return super(TPUEstimator, target).evaluate(
         input_fn, steps=steps, hooks=hooks, checkpoint_path=checkpoint_path,
         name=name)
 
   def predict(self, input_fn, predict_keys=None, hooks=None,
               checkpoint_path=None, yield_single_examples=True):
-    self._require_batch_size('predict', self._predict_batch_size)
+    self._check_batch_size('predict', self._predict_batch_size)
     return super(TPUEstimator, self).predict(
         input_fn, predict_keys=predict_keys, hooks=hooks,
         checkpoint_path=checkpoint_path,

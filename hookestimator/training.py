@@ -130,7 +130,8 @@ class Training(object):
         hooks_lib.LoopSizeHook(loop_state, config.iterations_per_loop,
                                device_loop.iterations,
                                device_loop.global_step_after,
-                               num_steps=steps, last_step=max_steps),
+                               num_steps=steps, last_step=max_steps,
+                               sizer=_step_time_sizer(config)),
         feeding,
         hooks_lib.ThroughputHook(estimator.train_batch_size,
                                  config.log_step_count_steps,
@@ -173,6 +174,15 @@ class Training(object):
       self._writer.close()  # Every event written, whatever ended the run.
     self._signal_stop.raise_if_stopped(estimator.checkpoint_step(),
                                        estimator.latest_checkpoint())
+
+
+def _step_time_sizer(config):
+  """A sizer of loops lasting config.loop_seconds, starting with
+  iterations_per_loop steps; None for loops of iterations_per_loop."""
+  if config.loop_seconds is None:
+    return None
+  return hooks_lib.StepTimeSizer(config.loop_seconds,
+                                 first_size=config.iterations_per_loop)
 
 
 def _pipelines(estimator, input_fn, plan, hosts):

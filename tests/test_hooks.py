@@ -240,6 +240,54 @@ def test_loop_size_hook_keeps_its_final_step_when_the_session_is_recreated():
     assert loop_state.iterations == 4
 
 
+def test_loop_size_hook_sizes_loops_by_time_with_a_step_time_sizer():
+  """TPUConfig(iterations_per_loop='10s'): steps take 0.5 s on a fake
+  clock (read from the global step), and the first loop 3 s more (the
+  first run's start-up); the loops grow from one step to 20 (10 s)."""
+  graph = StepGraph()
+  loop_state = loop_lib.LoopState()
+  sizes, seconds = [], []
+  with graph.session(0) as session:
+    def clock():
+      step = int(session.run(graph.global_step))
+      return 0.5 * step + (3.0 if step else 0.0)
+    sizer = hooks_lib.StepTimeSizer(10, clock=clock)
+    hook = _loop_size_hook(graph, loop_state, num_steps=600, sizer=sizer)
+    coord = v1.train.Coordinator()
+    hook.after_create_session(session, coord)
+    while not coord.should_stop():
+      sizes.append(loop_state.iterations)
+      before = clock()
+      context, _ = run_one_loop(session, [hook])
+      seconds.append(clock() - before)
+      if context.stop_requested:
+        break
+    assert int(session.run(graph.global_step)) == 600
+
+  assert sizes[0] == 1
+  assert sum(sizes) == 600
+  # Within 20 % of 10 s from the 5th loop on; exactly 10 s once the
+  # start-up is out of the last 20 loops the sizer averages over.
+  assert all(8.0 <= s <= 12.0 for s in seconds[4:-1]), seconds
+  assert sizes[21:-1] == [20] * len(sizes[21:-1])
+  assert sizes[-1] <= 20
+
+
+def test_step_time_sizer_without_measurable_time_grows_and_never_stalls():
+  now = [0.0]
+  sizer = hooks_lib.StepTimeSizer(300, first_size=2, clock=lambda: now[0])
+  assert sizer.next_size() == 2
+  sizer.loop_started()
+  sizer.loop_ended(2)  # No time passed.
+  assert sizer.next_size() == 4
+  sizer.loop_started()
+  now[0] += 10000.0  # One very slow loop: one step, not zero.
+  sizer.loop_ended(4)
+  assert sizer.next_size() == 1
+  with pytest.raises(ValueError, match='target_seconds.*0'):
+    hooks_lib.StepTimeSizer(0)
+
+
 @pytest.mark.parametrize('kwargs, error, pattern', [
     (dict(num_steps=5, last_step=7), ValueError, r'not both.*5.*7'),
     (dict(num_steps=0), ValueError, r'num_steps.*\b0\b'),
