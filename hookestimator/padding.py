@@ -18,18 +18,11 @@ The padded dataset yields `(inputs, state)`, where `inputs` is
 import tensorflow as tf
 
 from hookestimator.compat import DatasetBase, v1
+from hookestimator.feed import split_element
 
 REAL = 1
 PADDING = 0
 PAST_END = -1
-
-
-def split_element(structure):
-  """(features, labels) of a dataset element's structure, as tf.estimator
-  reads it: a pair is (features, labels), anything else is features."""
-  if isinstance(structure, tuple) and len(structure) == 2:
-    return structure[0], structure[1]
-  return structure, None
 
 
 def _component_names(features, labels):

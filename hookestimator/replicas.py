@@ -138,8 +138,11 @@ def unstack(element, count):
   """The list of `count` per-replica structures of a stacked element."""
   if count == 1:
     return [element]
-  flat = [tf.unstack(t, count) for t in tf.nest.flatten(element)]
-  return [tf.nest.pack_sequence_as(element, [parts[index] for parts in flat])
+  # None (the labels of input without any) is None in every replica.
+  flat = [None if t is None else tf.unstack(t, count)
+          for t in tf.nest.flatten(element)]
+  return [tf.nest.pack_sequence_as(
+      element, [None if parts is None else parts[index] for parts in flat])
           for index in range(count)]
 
 
@@ -414,6 +417,8 @@ def variables_in_graph(call_model_fn, features, labels, mode):
     scratch.seed = graph.seed
 
     def placeholder(tensor):
+      if tensor is None:  # No labels.
+        return None
       if isinstance(tensor, tf.SparseTensor):
         return v1.sparse_placeholder(tensor.dtype, tensor.dense_shape.shape)
       return v1.placeholder(tensor.dtype, tensor.shape)

@@ -41,12 +41,14 @@ class HostCall(object):
   """A validated `host_call=(fn, tensors)` (or `eval_metrics`, same form).
 
   `tensors` is a list (passed to `fn` positionally) or a dict (passed by
-  keyword). Each tensor has rank >= 1 with a leading batch axis, and a
-  static shape, since its value crosses the outfeed once per step.
-  `name` says which spec field this is in error messages.
+  keyword). Each tensor has rank >= 1 with a leading batch axis, and,
+  with `static`, a fully defined static shape, since its value crosses the
+  outfeed once per step (checked where it does: a TRAIN spec's
+  eval_metrics never cross it). `name` says which spec field this is in
+  error messages.
   """
 
-  def __init__(self, host_call, name='host_call'):
+  def __init__(self, host_call, name='host_call', static=True):
     if (not isinstance(host_call, (tuple, list)) or len(host_call) != 2 or
         not callable(host_call[0])):
       raise TypeError('%s must be a pair (fn, tensors) with a callable '
@@ -79,7 +81,7 @@ class HostCall(object):
             '%s tensor %r (%s) has shape %s; %s tensors need '
             'rank >= 1 with a leading batch axis: reshape a scalar to [1]' %
             (name, label, tensor.name, tensor.shape, name))
-      if not tensor.shape.is_fully_defined():
+      if static and not tensor.shape.is_fully_defined():
         raise ValueError(
             '%s tensor %r (%s) has shape %s; %s tensors need a '
             'fully defined static shape' % (name, label, tensor.name,
@@ -120,10 +122,11 @@ class HookEstimatorSpec(
               training_hooks=None, scaffold_fn=None, predictions=None,
               eval_metrics=None, export_outputs=None, evaluation_hooks=None,
               prediction_hooks=None):
+    # Their shapes are checked where they are outfed.
     if host_call is not None:
-      HostCall(host_call)
+      HostCall(host_call, static=False)
     if eval_metrics is not None:
-      HostCall(eval_metrics, name='eval_metrics')
+      HostCall(eval_metrics, name='eval_metrics', static=False)
     if predictions is not None and not (isinstance(predictions, dict) and
                                         not predictions):
       _flat_predictions(predictions)

@@ -63,6 +63,9 @@ class Training(object):
     if cluster is None:
       dataset = estimator._call_input_fn(
           input_fn, dict(estimator.params, batch_size=plan.input_batch))
+      feed.check_static_shapes(
+          feed.dataset_structure(dataset)[1],
+          feed.static_shapes_why(device.kind, config.feeding, plan.count))
       with tf.device(feed.HOST_DEVICE):
         dataset = plan.replicate_input(dataset)
       infeed, outfeed = feed.make_feeds(device.kind, dataset, config.feeding)
@@ -186,6 +189,8 @@ def _pipelines(estimator, input_fn, plan, hosts):
                       index, len(hosts), plan.count))
     with tf.device(host):
       dataset = estimator._call_input_fn(input_fn, params)
+      feed.check_static_shapes(feed.dataset_structure(dataset)[1],
+                               feed.QUEUE_NEEDS_STATIC)
       with tf.device(feed.HOST_DEVICE):
         datasets.append(plan.replicate_input(dataset))
   return datasets

@@ -214,11 +214,12 @@ def _model_fn_with_scale(features, labels, mode, params, scale):
     (functools.partial(_model_fn_with_scale, scale=1.0),
      models.train_input_fn),
     (_labels_first, models.train_input_fn),
+    (_model_fn_without_labels, _features_labels_input_fn),
     (_model_fn_with_extra_default, models.train_input_fn),
 ], ids=['input-params-config', 'input-kwargs', 'input-no-arguments',
         'input-partial', 'model-features-labels', 'model-kwargs',
         'model-varargs', 'model-partial', 'model-labels-first',
-        'model-extra-default'])
+        'model-without-labels', 'model-extra-default'])
 def test_every_signature_the_framework_can_call_trains(tmp_path, model_fn,
                                                        input_fn):
   est = models.make(tmp_path, model=model_fn)

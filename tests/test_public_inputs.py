@@ -1,0 +1,310 @@
+"""Input written the way public TPUEstimator programs write it: features
+alone (BERT's run_classifier: a dict holding 'label_ids', no labels),
+tensors from an iterator's get_next() instead of a Dataset, a model_fn
+without `labels`, batches without drop_remainder. Each runs with
+use_tpu=False (one replica) and use_tpu=True (several CPU replicas), and
+gives the numbers of TensorFlow's own TPUEstimator (use_tpu=False) where
+it is installed."""
+import logging
+import re
+import threading
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import hookestimator as he
+from hookestimator import tpu
+from tests.conftest import framework_threads, requires_estimator
+from tests.test_public_models import encoder
+
+v1 = tf.compat.v1
+NUM_EXAMPLES = 64
+BATCH = 16
+# Not a multiple of BATCH: the last evaluation batch is short.
+EVAL_EXAMPLES = 40
+SHARDS = 2
+
+
+def _examples(seed, count=NUM_EXAMPLES):
+  rng = np.random.RandomState(seed)
+  x = rng.randn(count, 4).astype(np.float32)
+  y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+  return x, y
+
+
+# input_fns: features alone, as BERT's run_classifier builds them.
+
+def features_alone_train_input_fn(params):
+  x, y = _examples(0)
+  return tf.data.Dataset.from_tensor_slices({
+      'x': x, 'label_ids': y}).repeat().batch(params['batch_size'],
+                                              drop_remainder=True)
+
+
+def features_alone_eval_input_fn(params, drop_remainder=True):
+  x, y = _examples(1, EVAL_EXAMPLES)
+  return tf.data.Dataset.from_tensor_slices({
+      'x': x, 'label_ids': y}).batch(params['batch_size'],
+                                     drop_remainder=drop_remainder)
+
+
+def features_alone_predict_input_fn(params):
+  x, y = _examples(2, BATCH)
+  return tf.data.Dataset.from_tensor_slices({
+      'x': x, 'label_ids': y}).batch(params['batch_size'],
+                                     drop_remainder=True)
+
+
+def metric_fn(label_ids, logits):
+  return {'accuracy': v1.metrics.accuracy(label_ids, tf.argmax(logits, 1))}
+
+
+def bert_style_model_fn(module=tpu):
+  """run_classifier's model_fn, returning `module`'s TPUEstimatorSpec: the
+  labels come in the features."""
+  def model_fn(features, labels, mode, params):
+    del labels  # None: the input has none.
+    label_ids = features['label_ids']
+    logits = encoder(features['x'])
+    if mode == tpu.ModeKeys.PREDICT:  # The mode strings are TF's own.
+      return module.TPUEstimatorSpec(mode, predictions={'logits': logits})
+    loss = v1.losses.sparse_softmax_cross_entropy(label_ids, logits)
+    optimizer = v1.train.GradientDescentOptimizer(0.5)
+    if params['use_tpu']:
+      optimizer = v1.tpu.CrossShardOptimizer(optimizer)
+    train_op = optimizer.minimize(loss, v1.train.get_global_step())
+    return module.TPUEstimatorSpec(
+        mode, loss=loss, train_op=train_op,
+        eval_metrics=(metric_fn, [label_ids, logits]))
+  return model_fn
+
+
+def model_fn_without_labels(module=tpu):
+  """A model_fn that takes no `labels` at all: Estimator allows it."""
+  with_labels = bert_style_model_fn(module)
+
+  def model_fn(features, mode, params):
+    return with_labels(features, None, mode, params)
+  return model_fn
+
+
+def make_estimator(module, model_dir, use_tpu, model_fn, shards=SHARDS,
+                   iterations_per_loop=2):
+  config = module.RunConfig(
+      model_dir=str(model_dir), save_checkpoints_steps=1000,
+      tpu_config=module.TPUConfig(iterations_per_loop=iterations_per_loop,
+                                  num_shards=shards))
+  return module.TPUEstimator(
+      model_fn=model_fn, config=config, use_tpu=use_tpu,
+      train_batch_size=BATCH, eval_batch_size=BATCH, predict_batch_size=BATCH)
+
+
+def run(module, model_dir, use_tpu, model_fn=bert_style_model_fn,
+        train_input_fn=features_alone_train_input_fn,
+        eval_input_fn=features_alone_eval_input_fn,
+        predict_input_fn=features_alone_predict_input_fn, steps=4):
+  """Trains, evaluates and predicts; returns (eval results, predictions)."""
+  estimator = make_estimator(module, model_dir, use_tpu, model_fn(module))
+  estimator.train(train_input_fn, max_steps=steps)
+  results = estimator.evaluate(eval_input_fn)
+  predictions = [p['logits'] for p in estimator.predict(predict_input_fn)]
+  return results, np.stack(predictions)
+
+
+def assert_same(results, predictions, expected, expected_predictions,
+                keys=('loss', 'accuracy')):
+  assert results['global_step'] == expected['global_step']
+  for key in keys:
+    np.testing.assert_allclose(results[key], expected[key], rtol=1e-5,
+                               atol=1e-6, err_msg=key)
+  np.testing.assert_allclose(predictions, expected_predictions, rtol=1e-5,
+                             atol=1e-6)
+
+
+# 1. Features alone.
+
+@pytest.mark.timeout(600)
+def test_features_alone_train_evaluate_and_predict_in_every_replica(
+    tmp_path):
+  one, one_predictions = run(tpu, tmp_path / 'one', False)
+  many, many_predictions = run(tpu, tmp_path / 'many', True)
+  assert one['global_step'] == 4
+  assert_same(many, many_predictions, one, one_predictions)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize('feeding', ['in_loop', 'infeed_thread'])
+def test_a_single_features_tensor_feeds_every_path(tmp_path, feeding):
+  """The element is one tensor: features, no labels, in either feeding
+  path; model_fn gets labels=None."""
+  seen = []
+
+  def model_fn(features, labels, mode, params):
+    seen.append(labels)
+    label_ids = tf.cast(features[:, 4], tf.int64)
+    return bert_style_model_fn()({'x': features[:, :4],
+                                  'label_ids': label_ids},
+                                 labels, mode, dict(params, use_tpu=False))
+
+  def input_fn(params):
+    x, y = _examples(0)
+    both = np.concatenate([x, y[:, None].astype(np.float32)], 1)
+    return tf.data.Dataset.from_tensor_slices(both).repeat().batch(
+        params['batch_size'], drop_remainder=True)
+
+  est = he.HookEstimator(model_fn, he.RunConfig(
+      model_dir=str(tmp_path), feeding=feeding, iterations_per_loop=2,
+      save_checkpoints_steps=1000), train_batch_size=BATCH)
+  est.train(input_fn, steps=3)
+  assert est.checkpoint_step() == 3
+  assert seen == [None]
+  assert framework_threads() == []
+
+
+@requires_estimator
+@pytest.mark.timeout(600)
+def test_features_alone_give_stock_numbers(tmp_path):
+  stock = v1.estimator.tpu
+  expected, expected_predictions = run(stock, tmp_path / 'stock', False)
+  for use_tpu in (False, True):
+    results, predictions = run(tpu, tmp_path / str(use_tpu), use_tpu)
+    assert_same(results, predictions, expected, expected_predictions)
+
+
+# 3. A model_fn without labels.
+
+@pytest.mark.timeout(600)
+def test_a_model_fn_without_labels_trains_evaluates_and_predicts(tmp_path):
+  results, predictions = run(tpu, tmp_path / 'no_labels', True,
+                             model_fn=model_fn_without_labels)
+  expected, expected_predictions = run(tpu, tmp_path / 'labels', True)
+  assert_same(results, predictions, expected, expected_predictions)
+
+
+@requires_estimator
+@pytest.mark.timeout(600)
+def test_a_model_fn_without_labels_gives_stock_numbers_and_errors(tmp_path):
+  stock = v1.estimator.tpu
+  expected, expected_predictions = run(stock, tmp_path / 'stock', False,
+                                       model_fn=model_fn_without_labels)
+  results, predictions = run(tpu, tmp_path / 'ours', False,
+                             model_fn=model_fn_without_labels)
+  assert_same(results, predictions, expected, expected_predictions)
+
+  def with_labels_input_fn(params):
+    x, y = _examples(0)
+    return tf.data.Dataset.from_tensor_slices(({'x': x, 'label_ids': y}, y)
+                                              ).repeat().batch(
+                                                  params['batch_size'],
+                                                  drop_remainder=True)
+  for module, name in ((stock, 'stock_refuses'), (tpu, 'refuses')):
+    estimator = make_estimator(module, tmp_path / name, False,
+                               model_fn_without_labels(module))
+    with pytest.raises(ValueError, match='model_fn does not take labels, '
+                       'but input_fn returns labels'
+                       if module is stock else 'does not take labels, but '
+                       'input_fn returns labels'):
+      estimator.train(with_labels_input_fn, max_steps=2)
+
+
+def _unexpected_args_model_fn(features, labels, mode, params, hparams):
+  del features, labels, mode, params, hparams
+
+
+def test_unexpected_arguments_are_refused_with_tpu_estimators_phrase(
+    tmp_path):
+  # TPUEstimator's own tests match this pattern.
+  with pytest.raises(ValueError,
+                     match='model_fn .* has following not expected args'):
+    make_estimator(tpu, tmp_path, False, _unexpected_args_model_fn)
+
+
+# 4a. Training batches without drop_remainder.
+
+def unknown_batch_train_input_fn(params):
+  """Batched without drop_remainder: the batch dimension is unknown, and
+  every third batch is short (40 examples in batches of 16)."""
+  x, y = _examples(0, EVAL_EXAMPLES)
+  return tf.data.Dataset.from_tensor_slices(({'x': x}, y)).batch(
+      params['batch_size']).repeat()
+
+
+def labels_model_fn(module=tpu):
+  """The same model with labels of their own."""
+  with_features = bert_style_model_fn(module)
+
+  def model_fn(features, labels, mode, params):
+    return with_features(dict(features, label_ids=labels), None, mode,
+                         params)
+  return model_fn
+
+
+def _train_loss(estimator, input_fn, steps):
+  """Trains; returns the checkpoint's variables."""
+  estimator.train(input_fn, max_steps=steps)
+  path = estimator.latest_checkpoint()
+  return {name: v1.train.load_variable(path, name)
+          for name, _ in v1.train.list_variables(path)
+          if not name.startswith(('input_position', 'hookestimator'))}
+
+
+@pytest.mark.timeout(600)
+def test_batches_without_drop_remainder_train_where_no_queue_needs_them(
+    tmp_path):
+  estimator = make_estimator(tpu, tmp_path / 'one', False,
+                             labels_model_fn())
+  assert estimator.config.feeding == 'in_loop'
+  estimator.train(unknown_batch_train_input_fn, max_steps=6)
+  assert estimator.checkpoint_step() == 6
+
+
+@pytest.mark.parametrize('why, make', [
+    ("2 replicas take equal shares of each step's input", lambda path: (
+        make_estimator(tpu, path, True, labels_model_fn()))),
+    ('the feeding queues need fully defined static shapes', lambda path: (
+        he.HookEstimator(labels_model_fn(), he.RunConfig(
+            model_dir=str(path), feeding='infeed_thread'),
+                         train_batch_size=BATCH))),
+], ids=['replicas', 'queue'])
+def test_batches_without_drop_remainder_are_refused_where_a_queue_needs_them(
+    tmp_path, why, make):
+  estimator = make(tmp_path)
+  with pytest.raises(ValueError, match=(
+      r"features\['x'\] has shape \((\?|None), 4\); the features to the "
+      r'model must have static shape here: ' + re.escape(why))) as raised:
+    estimator.train(unknown_batch_train_input_fn, max_steps=2)
+  # TPUEstimator's tests match these.
+  assert re.search('features.*must have static', str(raised.value))
+
+  def dynamic_labels_input_fn(params):
+    x, y = _examples(0)
+    return tf.data.Dataset.from_tensor_slices(({'x': x}, y)).batch(
+        params['batch_size'], drop_remainder=True).map(
+            lambda f, y: (f, tf.boolean_mask(y, y >= 0))).repeat()
+  with pytest.raises(ValueError, match=(
+      r'labels has shape \((\?|None),\); the labels to the model must have '
+      r'static shape here: ' + re.escape(why))) as raised:
+    estimator.train(dynamic_labels_input_fn, max_steps=2)
+  assert re.search('labels.*must have static', str(raised.value))
+  assert estimator.latest_checkpoint() is None
+  assert framework_threads() == []
+
+
+@requires_estimator
+@pytest.mark.timeout(600)
+def test_batches_without_drop_remainder_give_stock_numbers(tmp_path):
+  stock = v1.estimator.tpu
+  expected = _train_loss(make_estimator(stock, tmp_path / 'stock', False,
+                                        labels_model_fn(stock)),
+                         unknown_batch_train_input_fn, 6)
+  got = _train_loss(make_estimator(tpu, tmp_path / 'ours', False,
+                                   labels_model_fn()),
+                    unknown_batch_train_input_fn, 6)
+  model = sorted(name for name in expected if name != 'global_step')
+  assert model and sorted(name for name in got if name != 'global_step') == (
+      model)
+  for name in expected:
+    np.testing.assert_allclose(got[name], expected[name], rtol=1e-5,
+                               atol=1e-6, err_msg=name)
