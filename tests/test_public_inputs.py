@@ -308,3 +308,20 @@ def test_batches_without_drop_remainder_give_stock_numbers(tmp_path):
   for name in expected:
     np.testing.assert_allclose(got[name], expected[name], rtol=1e-5,
                                atol=1e-6, err_msg=name)
+
+
+def test_a_config_keeps_its_feeding_path_unless_the_device_changes(tmp_path):
+  config = he.RunConfig(model_dir=str(tmp_path), feeding='infeed_thread')
+  assert config.replace(device='cpu').feeding == 'infeed_thread'
+  assert config.replace(device='cpu', cluster='').feeding == 'infeed_thread'
+  assert config.replace(num_replicas=2).feeding == 'infeed_thread'
+  # A new device takes its own default.
+  assert config.replace(device='gpu').feeding == 'in_loop'
+  # TPUEstimator places its model with replace(device=...): the path the
+  # config asked for is the path it feeds through.
+  estimator = tpu.TPUEstimator(model_fn=labels_model_fn(), config=config,
+                               use_tpu=False, train_batch_size=BATCH)
+  assert estimator.config.feeding == 'infeed_thread'
+  with pytest.raises(ValueError, match='features.*must have static shape '
+                     'here: the feeding queues need'):
+    estimator.train(unknown_batch_train_input_fn, max_steps=2)
