@@ -1,6 +1,6 @@
 """Host-side padding of evaluation and prediction input, and its markers.
 
-Every batch the device sees has exactly `batch_size` rows. A short batch
+Every batch the device is fed has exactly `batch_size` rows. A short batch
 (the last one of a dataset batched without drop_remainder) is padded on the
 host, and an endless run of all-padding batches follows the real ones, so
 that the device loop never waits on an empty feed (a TPU's hardware infeed
@@ -14,6 +14,12 @@ carries a per-row state alongside it:
 
 The padded dataset yields `(inputs, state)`, where `inputs` is
 `(features, labels)` or `(features,)` when the input has no labels.
+
+Off a TPU with one replica the device loop trims a short batch back to its
+real rows before model_fn sees it (`trim`), and pads what model_fn returns
+for the outfeed (`untrim`): model_fn runs on the batch as input_fn made it,
+as under Estimator, and its loss counts no padding. On a TPU, and with
+several replicas, model_fn sees the padded batch, as on TPUEstimator.
 """
 import tensorflow as tf
 
@@ -139,6 +145,33 @@ def pad_dataset(dataset, batch_size, pads):
       lambda _: (tf.nest.map_structure(_zeros, shapes, types),
                  tf.fill([batch_size], PAST_END))).repeat()
   return real.concatenate(past_end), has_labels
+
+
+def rows_to_run(state, batch_size):
+  """How many rows of a padded batch model_fn runs on where the padding is
+  trimmed: its real rows; every row of a batch past the end (zeros, as
+  where nothing is trimmed), so that model_fn never sees an empty batch."""
+  real = tf.reduce_sum(tf.cast(tf.equal(state, REAL), tf.int32))
+  return tf.where(real > 0, real, tf.constant(batch_size))
+
+
+def trim(inputs, rows):
+  """Each tensor of `inputs` (its None parts stay None) with its first
+  `rows` rows only: a short batch as input_fn made it, its batch
+  dimension unknown as input_fn's is."""
+  return tf.nest.map_structure(lambda t: None if t is None else t[:rows],
+                               inputs)
+
+
+def untrim(tensor, rows, batch_size):
+  """`tensor`, one row per example of a trimmed batch of `rows` rows,
+  padded back to `batch_size` rows for the outfeed."""
+  check = tf.debugging.assert_equal(
+      tf.shape(tensor)[0], rows, message='A tensor model_fn returned for '
+      'the outfeed (eval_metrics tensors, predictions) must have one row per '
+      'example of its batch: %s' % tensor.name)
+  with tf.control_dependencies([check]):
+    return _pad_rows(tensor, batch_size)
 
 
 def unpack_inputs(inputs):

@@ -22,8 +22,9 @@ from tests.test_public_models import encoder
 v1 = tf.compat.v1
 NUM_EXAMPLES = 64
 BATCH = 16
-# Not a multiple of BATCH: the last evaluation batch is short.
-EVAL_EXAMPLES = 40
+# Not a multiple of BATCH: the last evaluation batch is short (12 rows,
+# which two replicas split into 8 real rows and 4 real + 4 padding).
+EVAL_EXAMPLES = 44
 SHARDS = 2
 
 
@@ -225,7 +226,7 @@ def test_unexpected_arguments_are_refused_with_tpu_estimators_phrase(
 
 def unknown_batch_train_input_fn(params):
   """Batched without drop_remainder: the batch dimension is unknown, and
-  every third batch is short (40 examples in batches of 16)."""
+  every third batch is short (44 examples in batches of 16)."""
   x, y = _examples(0, EVAL_EXAMPLES)
   return tf.data.Dataset.from_tensor_slices(({'x': x}, y)).batch(
       params['batch_size']).repeat()
@@ -325,3 +326,78 @@ def test_a_config_keeps_its_feeding_path_unless_the_device_changes(tmp_path):
   with pytest.raises(ValueError, match='features.*must have static shape '
                      'here: the feeding queues need'):
     estimator.train(unknown_batch_train_input_fn, max_steps=2)
+
+
+# 4b. A short last evaluation batch.
+
+def short_batch_eval_input_fn(params):
+  """BERT's eval input off a TPU: batched without drop_remainder, so the
+  last of its batches (44 examples in batches of 16) holds 12."""
+  return features_alone_eval_input_fn(params, drop_remainder=False)
+
+
+def short_batch_predict_input_fn(params):
+  x, y = _examples(2, EVAL_EXAMPLES)
+  return tf.data.Dataset.from_tensor_slices({
+      'x': x, 'label_ids': y}).batch(params['batch_size'])
+
+
+@requires_estimator
+@pytest.mark.timeout(600)
+def test_a_short_last_batch_gives_stock_loss_metrics_and_predictions(
+    tmp_path):
+  stock = v1.estimator.tpu
+  kwargs = dict(eval_input_fn=short_batch_eval_input_fn,
+                predict_input_fn=short_batch_predict_input_fn)
+  expected, expected_predictions = run(stock, tmp_path / 'stock', False,
+                                       **kwargs)
+  assert len(expected_predictions) == EVAL_EXAMPLES
+  # One replica off a TPU runs the short batch as it is: the same loss
+  # (the mean over the 3 batches), metrics and predictions.
+  results, predictions = run(tpu, tmp_path / 'one', False, **kwargs)
+  assert_same(results, predictions, expected, expected_predictions)
+  # Several replicas pad it (each takes an equal share): the metrics and
+  # predictions count only the real examples; the padding rows are in
+  # model_fn's loss, as on a TPU.
+  results, predictions = run(tpu, tmp_path / 'many', True, **kwargs)
+  assert_same(results, predictions, expected, expected_predictions,
+              keys=('accuracy',))
+  assert not np.isclose(results['loss'], expected['loss'], rtol=1e-3)
+
+
+@pytest.mark.timeout(600)
+def test_model_fn_sees_a_short_batch_as_input_fn_made_it(tmp_path):
+  """Off a TPU with one replica model_fn sees the short batch trimmed to
+  its rows (unknown batch dimension, as input_fn's), with several
+  replicas the padded batch (static)."""
+  seen = {}
+
+  def model_fn(features, labels, mode, params):
+    spec = bert_style_model_fn()(features, labels, mode, params)
+    if mode == tpu.ModeKeys.EVAL:
+      seen.setdefault(params['use_tpu'], []).append(
+          features['x'].shape.as_list())
+      rows = tf.shape(features['x'])[0]
+      return spec._replace(eval_metrics=(
+          lambda label_ids, logits, rows: dict(
+              metric_fn(label_ids, logits),
+              min_rows=v1.metrics.mean(tf.reduce_min(rows)),
+              mean_rows=v1.metrics.mean(tf.cast(rows, tf.float32))),
+          [features['label_ids'], spec.eval_metrics[1][1],
+           tf.fill(tf.shape(features['label_ids']), rows)]))
+    return spec
+
+  for use_tpu in (False, True):
+    estimator = make_estimator(tpu, tmp_path / str(use_tpu), use_tpu,
+                               model_fn, iterations_per_loop=4)
+    estimator.train(features_alone_train_input_fn, max_steps=2)
+    results = estimator.evaluate(short_batch_eval_input_fn)
+    if use_tpu:
+      assert seen[True] == [[BATCH // SHARDS, 4]] * SHARDS
+      assert results['min_rows'] == BATCH // SHARDS
+    else:
+      assert seen[False] == [[None, 4]]
+      # The last batch's 12 real rows ran as a batch of 12.
+      assert results['min_rows'] == EVAL_EXAMPLES - 2 * BATCH == 12
+      assert results['mean_rows'] == pytest.approx(
+          (2 * BATCH * BATCH + 12 * 12) / EVAL_EXAMPLES)
