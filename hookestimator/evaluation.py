@@ -32,6 +32,7 @@ from hookestimator import inference
 from hookestimator import loop as loop_lib
 from hookestimator import padding
 from hookestimator import spec as spec_lib
+from hookestimator import tensor_input
 from hookestimator.compat import v1
 
 log = logging.getLogger(__name__)
@@ -287,6 +288,12 @@ class EvaluationRounds(v1.train.SessionRunHook):
                                    'eval_batch_size')
     dataset = estimator._call_input_fn(
         input_fn, dict(estimator.params, batch_size=plan.input_batch))
+    if tensor_input.is_tensor_input(dataset):
+      raise TypeError(
+          'eval_input_fn returned %r; train_and_evaluate evaluates inside '
+          'the training graph, restarting the input for every round, which '
+          'needs a tf.data.Dataset. Return one, or evaluate() between '
+          'train() calls' % (dataset,))
     params = dict(estimator.params, batch_size=plan.replica_batch)
     outfed = _Outfed()
     with v1.name_scope('evaluation'):

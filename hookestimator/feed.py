@@ -131,8 +131,8 @@ def dataset_structure(dataset):
   Returns the element's (types, shapes) structures.
   """
   if not isinstance(dataset, DatasetBase):
-    raise TypeError('input_fn must return a tf.data.Dataset, got %r' %
-                    (dataset,))
+    raise TypeError('input_fn must return a tf.data.Dataset, or tensors '
+                    "(as from an iterator's get_next()), got %r" % (dataset,))
   types = v1.data.get_output_types(dataset)
   shapes = v1.data.get_output_shapes(dataset)
   split_element(types)
@@ -173,8 +173,8 @@ def check_static_shapes(shapes, why):
     for path, shape in zip(_flat_paths(root, part), tf.nest.flatten(part)):
       if not shape.is_fully_defined():
         raise ValueError(
-            'input_fn dataset component %s has shape %s; the %s to the '
-            'model must have static shape here: %s (batch with '
+            "input_fn's %s has shape %s; the %s to the model must have "
+            'static shape here: %s (batch with '
             'drop_remainder=True, pad to a fixed size)' % (path, shape, root,
                                                           why))
 
@@ -274,8 +274,12 @@ class HostInfeed(object):
     self.run_options = None
 
   def _make_queue(self):
+    # A queue of batches of any shape where the shapes are not all static
+    # (tensor_input.py: one replica off a TPU takes them as they come).
+    static = all(shape.is_fully_defined() for shape in self._shapes)
     self._queue = v1.FIFOQueue(INFEED_CAPACITY, self._types,
-                               shapes=self._shapes, name='infeed_queue')
+                               shapes=self._shapes if static else None,
+                               name='infeed_queue')
 
   def _enqueue(self, flat):
     return self._queue.enqueue(flat)
@@ -442,15 +446,20 @@ class TpuOutfeed(HostOutfeed):
     self.cancel_op = None
 
 
+def make_outfeed(kind):
+  """The outfeed of device kind 'cpu', 'gpu' or 'tpu'."""
+  return TpuOutfeed() if kind == 'tpu' else HostOutfeed()
+
+
 def make_feeds(kind, dataset, feeding=IN_LOOP):
   """The (infeed, outfeed) pair for device kind 'cpu', 'gpu' or 'tpu' and
   feeding path `feeding` (the TPU has only its infeed thread)."""
   if kind == 'tpu':
-    return TpuInfeed(dataset), TpuOutfeed()
+    return TpuInfeed(dataset), make_outfeed(kind)
   if feeding == IN_LOOP:
-    return InLoopInfeed(dataset), HostOutfeed()
+    return InLoopInfeed(dataset), make_outfeed(kind)
   if feeding == INFEED_THREAD:
-    return HostInfeed(dataset), HostOutfeed()
+    return HostInfeed(dataset), make_outfeed(kind)
   raise ValueError('feeding must be one of %r, got %r' % (FEEDING_PATHS,
                                                           feeding))
 

@@ -28,6 +28,7 @@ from hookestimator import padding
 from hookestimator import replicas as replicas_lib
 from hookestimator import signatures
 from hookestimator import spec as spec_lib
+from hookestimator import tensor_input
 from hookestimator.compat import v1
 from hookestimator.controller import ErrorRendezvous
 
@@ -133,20 +134,34 @@ class InferencePipeline(object):
 
   def __init__(self, dataset, plan, device, call_model_fn, mode,
                outfed_fn, feeding, reuse=False):
-    """`plan`: a replicas.Plan; input_fn's batches have plan.input_batch
+    """`dataset`: input_fn's result, a Dataset or tensors (tensor_input).
+    `plan`: a replicas.Plan; input_fn's batches have plan.input_batch
     rows (where they have a batch axis), model_fn's plan.replica_batch.
-    `feeding`: the feeding path (RunConfig.feeding)."""
-    self.pads = padding.check_input(dataset, plan.input_batch)
+    `feeding`: the feeding path (RunConfig.feeding) of a Dataset."""
+    if tensor_input.is_tensor_input(dataset):
+      features, labels = tensor_input.parse(dataset)
+      self.pads = padding.check_shapes(tf.nest.map_structure(
+          lambda t: t.shape, (features, labels) if labels is not None
+          else features), plan.input_batch)
+      self.has_labels = labels is not None
+      with tf.device(feed.HOST_DEVICE):
+        element, past_end = padding.pad_tensors(
+            features, labels, plan.input_batch, self.pads)
+        self.infeed = tensor_input.make_infeed(device.kind, element, plan,
+                                               past_end)
+      self.outfeed = feed.make_outfeed(device.kind)
+    else:
+      self.pads = padding.check_input(dataset, plan.input_batch)
+      with tf.device(feed.HOST_DEVICE):
+        padded, self.has_labels = padding.pad_dataset(
+            dataset, plan.input_batch, self.pads)
+        padded = plan.replicate_input(padded)
+      self.infeed, self.outfeed = feed.make_feeds(device.kind, padded,
+                                                   feeding)
     # One replica off a TPU runs a short batch as it is, as Estimator does;
     # a TPU program, and replicas taking equal shares, need the padding.
     trims = self.pads and device.kind != 'tpu' and plan.count == 1
-    with tf.device(feed.HOST_DEVICE):
-      padded, self.has_labels = padding.pad_dataset(
-          dataset, plan.input_batch, self.pads)
-      padded = plan.replicate_input(padded)
     self.batch_size = plan.replica_batch
-    self.infeed, self.outfeed = feed.make_feeds(device.kind, padded,
-                                                 feeding)
     self.loop = InferenceLoop(
         self.infeed, self.outfeed, call_model_fn, device, mode,
         lambda spec: outfed_fn(spec, self.pads, plan.replica_batch, trims),

@@ -116,8 +116,18 @@ def split_input(dataset, count, split_batches):
     return dataset
   if not split_batches:
     return dataset.batch(count, drop_remainder=True)
-  shapes = tf.nest.flatten(v1.data.get_output_shapes(dataset))
-  for shape in shapes:
+  check_splittable(v1.data.get_output_shapes(dataset), count)
+
+  def split(*element):
+    element = element if len(element) > 1 else element[0]
+    return split_batch(element, count)
+  return dataset.map(split)
+
+
+def check_splittable(shapes, count):
+  """Raises unless every shape in the structure `shapes` has a static
+  leading batch dimension that `count` divides (PER_HOST_V1)."""
+  for shape in tf.nest.flatten(shapes):
     rows = tf.compat.dimension_value(shape[0]) if shape.ndims else None
     if rows is None or rows % count:
       raise ValueError(
@@ -127,11 +137,12 @@ def split_input(dataset, count, split_batches):
           'use InputPipelineConfig.PER_HOST_V2 for batches of any layout'
           % (shape, count))
 
-  def split(*element):
-    element = element if len(element) > 1 else element[0]
-    return tf.nest.map_structure(
-        lambda t: tf.reshape(t, [count, -1] + t.shape[1:].as_list()), element)
-  return dataset.map(split)
+
+def split_batch(element, count):
+  """Each tensor of `element`, one global batch, as a [count, rows / count,
+  ...] stack (check_splittable first)."""
+  return tf.nest.map_structure(
+      lambda t: tf.reshape(t, [count, -1] + t.shape[1:].as_list()), element)
 
 
 def unstack(element, count):

@@ -27,8 +27,9 @@ def _a_triple(params):
   return dataset_of(64, params['batch_size']).map(lambda x, y: (x, y, y))
 
 
-def _a_tensor(params):
-  return tf.zeros([params['batch_size'], 4])
+def _a_string(params):
+  del params
+  return 'data.csv'
 
 
 def _dynamic_feature_shape(params):
@@ -192,8 +193,10 @@ CASES = [
     C(lambda ctx: ctx.train(input_fn='not callable'), TypeError,
       "input_fn must be callable, got 'not callable'", id='input_fn-str'),
     # input_fn's dataset
-    C(lambda ctx: ctx.train(input_fn=_a_tensor), TypeError,
-      'input_fn must return a tf.data.Dataset, got <', id='dataset-tensor'),
+    C(lambda ctx: ctx.train(input_fn=_a_string), TypeError,
+      r"input_fn must return a tf.data.Dataset, or tensors \(as from an "
+      r"iterator's get_next\(\)\): .*; its features hold 'data.csv'",
+      id='dataset-string'),
     C(lambda ctx: ctx.train(input_fn=_a_triple), ValueError,
       r'input_fn should return \(features, labels\) as a len 2 tuple, or '
       r'the features alone .*; its elements are a tuple of 3',

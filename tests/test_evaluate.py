@@ -262,8 +262,8 @@ def test_bad_eval_specs_fail_before_any_step(est, model_fn, error, match):
         tf.data.Dataset.range(20).batch(8)))),
      ValueError, r'features has shape \(9, 4\) and cannot be padded: .*'
      r'needs a batch dimension equal to 8, or unknown'),
-    (dict(input_fn=lambda params: tf.zeros([8, 4])), TypeError,
-     'must return a tf.data.Dataset'),
+    (dict(input_fn=lambda params: 'data.csv'), TypeError,
+     "must return a tf.data.Dataset, or tensors .*'data.csv'"),
 ])
 def test_bad_arguments_fail_before_any_step(est, kwargs, error, match):
   before = sorted(os.listdir(est.model_dir))

@@ -401,3 +401,223 @@ def test_model_fn_sees_a_short_batch_as_input_fn_made_it(tmp_path):
       assert results['min_rows'] == EVAL_EXAMPLES - 2 * BATCH == 12
       assert results['mean_rows'] == pytest.approx(
           (2 * BATCH * BATCH + 12 * 12) / EVAL_EXAMPLES)
+
+
+# 2. input_fn returning tensors.
+
+def as_tensors(dataset_input_fn):
+  """The input_fn returning `dataset_input_fn`'s batches as tensors, from
+  a one-shot iterator's get_next(), as TPUEstimator's own tests do."""
+  def input_fn(params):
+    dataset = dataset_input_fn(params)
+    return v1.data.make_one_shot_iterator(dataset).get_next()
+  return input_fn
+
+
+def pairs_train_input_fn(params):
+  x, y = _examples(0)
+  return tf.data.Dataset.from_tensor_slices(({'x': x}, y)).repeat().batch(
+      params['batch_size'], drop_remainder=True)
+
+
+def pairs_eval_input_fn(params):
+  x, y = _examples(1, EVAL_EXAMPLES)
+  return tf.data.Dataset.from_tensor_slices(({'x': x}, y)).batch(
+      params['batch_size'])
+
+
+TENSOR_INPUTS = {
+    # (features, labels) pairs; the eval batches without drop_remainder.
+    'pairs': dict(model_fn=labels_model_fn,
+                  train_input_fn=as_tensors(pairs_train_input_fn),
+                  eval_input_fn=as_tensors(pairs_eval_input_fn),
+                  predict_input_fn=as_tensors(short_batch_predict_input_fn)),
+    # Features alone, BERT's way.
+    'features': dict(
+        train_input_fn=as_tensors(features_alone_train_input_fn),
+        eval_input_fn=as_tensors(short_batch_eval_input_fn),
+        predict_input_fn=as_tensors(short_batch_predict_input_fn)),
+}
+
+
+@requires_estimator
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize('kind', sorted(TENSOR_INPUTS))
+def test_tensors_from_get_next_give_stock_numbers(tmp_path, kind):
+  stock = v1.estimator.tpu
+  kwargs = TENSOR_INPUTS[kind]
+  expected, expected_predictions = run(stock, tmp_path / 'stock', False,
+                                       **kwargs)
+  assert len(expected_predictions) == EVAL_EXAMPLES
+  results, predictions = run(tpu, tmp_path / 'one', False, **kwargs)
+  assert_same(results, predictions, expected, expected_predictions)
+  # Two replicas split each batch (PER_HOST_V1); the padding rows of the
+  # short batch are in their loss.
+  results, predictions = run(tpu, tmp_path / 'many', True, **kwargs)
+  assert_same(results, predictions, expected, expected_predictions,
+              keys=('accuracy',))
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize('kind', sorted(TENSOR_INPUTS))
+def test_tensors_give_the_numbers_of_the_same_dataset(tmp_path, kind):
+  kwargs = TENSOR_INPUTS[kind]
+  datasets = {name: fn.__closure__[0].cell_contents
+              for name, fn in kwargs.items() if name.endswith('input_fn')}
+  model_fn = kwargs.get('model_fn', bert_style_model_fn)
+  for use_tpu in (False, True):
+    expected, expected_predictions = run(
+        tpu, tmp_path / ('dataset%s' % use_tpu), use_tpu, model_fn=model_fn,
+        **datasets)
+    results, predictions = run(tpu, tmp_path / ('tensors%s' % use_tpu),
+                               use_tpu, **kwargs)
+    assert_same(results, predictions, expected, expected_predictions)
+
+
+def _hook_estimator(model_dir, model_fn, **config):
+  config.setdefault('save_checkpoints_steps', 1000)
+  return he.HookEstimator(
+      model_fn, he.RunConfig(model_dir=str(model_dir), **config),
+      train_batch_size=BATCH, eval_batch_size=BATCH,
+      predict_batch_size=BATCH)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize('feeding', ['in_loop', 'infeed_thread'])
+def test_tensors_feed_replicas_with_batches_of_their_own(tmp_path, feeding):
+  """Each replica its own batch (PER_HOST_V2): the tensors run once per
+  replica a step, in the dataset's order, whatever the feeding path."""
+  model_fn = labels_model_fn()
+  got = {}
+  for name, input_fn in (('dataset', pairs_train_input_fn),
+                         ('tensors', as_tensors(pairs_train_input_fn))):
+    estimator = _hook_estimator(tmp_path / name, lambda features, labels, mode,
+                                params: model_fn(features, labels, mode,
+                                                 dict(params, use_tpu=True)),
+                                num_replicas=2, feeding=feeding)
+    got[name] = _train_loss(estimator, input_fn, 4)
+  assert sorted(got['tensors']) == sorted(got['dataset'])
+  for name, value in got['dataset'].items():
+    np.testing.assert_allclose(got['tensors'][name], value, rtol=1e-6,
+                               err_msg=name)
+
+
+def _finite_tensors(count, fail_at=None, drop_remainder=False):
+  """input_fn of (features, labels) tensors from `count` examples; with
+  `fail_at`, the batch holding example `fail_at` raises
+  InvalidArgumentError 'input tensor failed'."""
+  def input_fn(params):
+    x, y = _examples(3, count)
+    index = np.arange(count)
+    dataset = tf.data.Dataset.from_tensor_slices(({'x': x}, y, index)).batch(
+        params['batch_size'], drop_remainder=drop_remainder)
+    features, labels, index = v1.data.make_one_shot_iterator(
+        dataset).get_next()
+    if fail_at is not None:
+      ok = tf.debugging.Assert(tf.reduce_all(tf.not_equal(index, fail_at)),
+                               ['input tensor failed'])
+      with tf.control_dependencies([ok]):
+        labels = tf.identity(labels)
+    return features, labels
+  return input_fn
+
+
+@pytest.mark.timeout(300)
+def test_the_end_of_tensor_input_ends_each_mode(tmp_path, caplog):
+  estimator = make_estimator(tpu, tmp_path, False, labels_model_fn(),
+                             iterations_per_loop=4)
+  # 44 examples: 3 batches, the last of 12. Training stops after them.
+  with caplog.at_level(logging.WARNING, logger='hookestimator'):
+    estimator.train(_finite_tensors(EVAL_EXAMPLES), steps=100)
+  assert estimator.checkpoint_step() == 3
+  warnings = [r for r in caplog.records
+              if 'position cannot be saved' in r.getMessage()]
+  assert len(warnings) == 1, warnings
+  assert 'input_fn returned tensors' in warnings[0].getMessage()
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger='hookestimator'):
+    results = estimator.evaluate(_finite_tensors(EVAL_EXAMPLES))
+    predictions = list(estimator.predict(_finite_tensors(EVAL_EXAMPLES)))
+  assert not [r for r in caplog.records
+              if 'position cannot be saved' in r.getMessage()]
+  assert results['global_step'] == 3
+  assert len(predictions) == EVAL_EXAMPLES
+  # Every example counted once: the accuracy is a multiple of 1/44.
+  assert round(results['accuracy'] * EVAL_EXAMPLES, 4) == round(
+      results['accuracy'] * EVAL_EXAMPLES)
+  assert framework_threads() == []
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize('use_tpu', [False, True])
+@pytest.mark.parametrize('mode', ['train', 'evaluate', 'predict'])
+def test_an_input_tensor_that_fails_reaches_the_caller(tmp_path, mode,
+                                                       use_tpu):
+  estimator = make_estimator(tpu, tmp_path, use_tpu, labels_model_fn(),
+                             iterations_per_loop=2)
+  if mode != 'train':
+    estimator.train(pairs_train_input_fn, max_steps=2)
+  failing = _finite_tensors(NUM_EXAMPLES, fail_at=40,  # The third batch.
+                            drop_remainder=True)
+  calls = {
+      'train': lambda: estimator.train(failing, max_steps=100),
+      'evaluate': lambda: estimator.evaluate(failing),
+      'predict': lambda: list(estimator.predict(failing)),
+  }
+  start = time.monotonic()
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match='input tensor failed'):
+    calls[mode]()
+  assert time.monotonic() - start < 60
+  assert framework_threads() == []
+  assert not [t for t in threading.enumerate()
+              if t.name.startswith(('InfeedController', 'OutfeedController'))]
+  if mode == 'train':
+    assert estimator.checkpoint_step() in (0, 2)
+
+
+@pytest.mark.timeout(300)
+def test_tensors_of_unknown_batch_train_with_one_replica_only(tmp_path):
+  input_fn = as_tensors(unknown_batch_train_input_fn)
+  estimator = make_estimator(tpu, tmp_path / 'one', False, labels_model_fn())
+  estimator.train(input_fn, max_steps=5)
+  assert estimator.checkpoint_step() == 5
+  estimator = make_estimator(tpu, tmp_path / 'many', True, labels_model_fn())
+  with pytest.raises(ValueError, match=(
+      r"features\['x'\] has shape \((\?|None), 4\); the features to the "
+      r"model must have static shape here: 2 replicas take equal shares")):
+    estimator.train(input_fn, max_steps=5)
+  assert framework_threads() == []
+
+
+def test_train_and_evaluate_needs_a_dataset_to_evaluate_in_rounds(tmp_path):
+  estimator = make_estimator(tpu, tmp_path, False, labels_model_fn())
+  with pytest.raises(TypeError, match=(
+      'eval_input_fn returned .*; train_and_evaluate evaluates inside the '
+      'training graph, restarting the input for every round, which needs a '
+      'tf.data.Dataset')):
+    estimator.train_and_evaluate(pairs_train_input_fn,
+                                 as_tensors(pairs_eval_input_fn),
+                                 max_steps=4, eval_every_steps=2)
+  assert estimator.latest_checkpoint() is None
+  assert framework_threads() == []
+
+
+@pytest.mark.parametrize('result, error, pattern', [
+    (lambda params: 'data', TypeError,
+     "input_fn must return a tf.data.Dataset, or tensors .* its features "
+     "hold 'data'"),
+    (lambda params: (tf.zeros([BATCH, 4]), tf.zeros([BATCH]),
+                     tf.zeros([BATCH])), ValueError,
+     r'input_fn should return \(features, labels\) as a len 2 tuple'),
+    (lambda params: ({'x': tf.zeros([BATCH, 4])}, np.zeros(BATCH)),
+     TypeError, 'its labels hold array'),
+], ids=['string', 'triple', 'numpy-labels'])
+def test_input_that_is_neither_a_dataset_nor_tensors_is_refused(
+    tmp_path, result, error, pattern):
+  estimator = make_estimator(tpu, tmp_path, False, labels_model_fn())
+  with pytest.raises(error, match=pattern):
+    estimator.train(result, max_steps=2)
+  with pytest.raises(error, match=pattern):
+    estimator.evaluate(result)
+  assert estimator.latest_checkpoint() is None
