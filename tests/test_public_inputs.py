@@ -1,4 +1,6 @@
-"""Input written the way public TPUEstimator programs write it: features
+"""Input written the way public TPUEstimator programs write it (with
+Keras and tf.compat.v1.layers layers named by default, on the lines whose
+layers name variables per graph): features
 alone (BERT's run_classifier: a dict holding 'label_ids', no labels),
 tensors from an iterator's get_next() instead of a Dataset, a model_fn
 without `labels`, batches without drop_remainder. Each runs with
@@ -16,8 +18,8 @@ import tensorflow as tf
 
 import hookestimator as he
 from hookestimator import tpu
+from hookestimator import compat
 from tests.conftest import framework_threads, requires_estimator
-from tests.test_public_models import encoder
 
 v1 = tf.compat.v1
 NUM_EXAMPLES = 64
@@ -26,6 +28,42 @@ BATCH = 16
 # which two replicas split into 8 real rows and 4 real + 4 padding).
 EVAL_EXAMPLES = 44
 SHARDS = 2
+
+
+# Keras 2 and tf.compat.v1.layers name their variables per graph; Keras 3
+# (TF 2.16+) numbers default names across the process, so there the layers
+# are variable scopes with default names.
+HAS_GRAPH_NAMED_LAYERS = compat.TF_VERSION < (2, 16)
+
+
+def _normal(seed):
+  return v1.truncated_normal_initializer(stddev=0.5, seed=seed)
+
+
+def _dense(x, units, seed, activation=None):
+  """A dense layer named as public programs name theirs: by default."""
+  if HAS_GRAPH_NAMED_LAYERS and seed % 2:
+    return tf.keras.layers.Dense(
+        units, activation=activation,
+        kernel_initializer=tf.keras.initializers.TruncatedNormal(
+            stddev=0.5, seed=seed))(x)
+  if HAS_GRAPH_NAMED_LAYERS:
+    return v1.layers.dense(x, units, activation=activation,
+                           kernel_initializer=_normal(seed))
+  with v1.variable_scope(None, default_name='dense'):
+    kernel = v1.get_variable('kernel', [x.shape[-1], units],
+                             initializer=_normal(seed))
+    bias = v1.get_variable('bias', [units], initializer=v1.zeros_initializer())
+    y = tf.matmul(x, kernel) + bias
+    return y if activation is None else activation(y)
+
+
+def encoder(x):
+  with v1.variable_scope(None, default_name='bert'):
+    w = v1.get_variable('w', [4, 8], initializer=_normal(1))
+    h = tf.nn.relu(tf.matmul(x, w))
+  h = _dense(h, 8, seed=2, activation=tf.nn.relu)
+  return _dense(h, 2, seed=3)
 
 
 def _examples(seed, count=NUM_EXAMPLES):
