@@ -449,6 +449,7 @@ def as_tensors(dataset_input_fn):
   def input_fn(params):
     dataset = dataset_input_fn(params)
     return v1.data.make_one_shot_iterator(dataset).get_next()
+  input_fn.of_dataset = dataset_input_fn
   return input_fn
 
 
@@ -500,8 +501,8 @@ def test_tensors_from_get_next_give_stock_numbers(tmp_path, kind):
 @pytest.mark.parametrize('kind', sorted(TENSOR_INPUTS))
 def test_tensors_give_the_numbers_of_the_same_dataset(tmp_path, kind):
   kwargs = TENSOR_INPUTS[kind]
-  datasets = {name: fn.__closure__[0].cell_contents
-              for name, fn in kwargs.items() if name.endswith('input_fn')}
+  datasets = {name: fn.of_dataset for name, fn in kwargs.items()
+              if name.endswith('input_fn')}
   model_fn = kwargs.get('model_fn', bert_style_model_fn)
   for use_tpu in (False, True):
     expected, expected_predictions = run(
