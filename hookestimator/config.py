@@ -65,6 +65,14 @@ def _with_cpu_devices(session_config, count):
   return config
 
 
+def _cluster_of(value):
+  """The cluster that RunConfig(cluster=value) runs on ('' is none)."""
+  if value == '':
+    return None
+  return (cluster_lib.from_environment() if value is None else
+          cluster_lib.parse(value, 'RunConfig(cluster=...)'))
+
+
 class RunConfig(object):
   """Where a HookEstimator keeps its files and how it runs its loops.
 
@@ -222,10 +230,14 @@ class RunConfig(object):
         cluster=self.cluster or '',
         peer_timeout_secs=self.peer_timeout_secs,
         loop_seconds=self.loop_seconds)
+    moves = (changes.get('device', self.device) != self.device or
+             ('cluster' in changes and
+              _cluster_of(changes['cluster']) != self.cluster))
     fields.update(changes)
-    if ('device' in changes or 'cluster' in changes) and (
-        'feeding' not in changes):
-      fields['feeding'] = None  # The new device's or cluster's default.
+    if moves and 'feeding' not in changes:
+      # The new device's or cluster's default; the same device keeps the
+      # feeding path chosen for it.
+      fields['feeding'] = None
     if 'save_checkpoints_steps' in changes and 'save_checkpoints_secs' not in changes:
       fields['save_checkpoints_secs'] = None
     return RunConfig(**fields)

@@ -41,8 +41,9 @@ class HookEstimator(object):
   """Trains a model_fn many steps per session.run, fed by host threads.
 
   Args:
-    model_fn: `model_fn(features, labels, mode, params)` (mode, params and
-      config are optional arguments) returning a HookEstimatorSpec or an
+    model_fn: `model_fn(features, labels, mode, params)`, called as
+      Estimator calls it (labels, mode, params and config are optional
+      arguments, passed by name) and returning a HookEstimatorSpec or an
       EstimatorSpec (hookestimator's, or tf.estimator's where it exists).
     config: a RunConfig; the defaults when None.
     params: a dict passed to model_fn and input_fn; 'batch_size' is set by
@@ -278,8 +279,8 @@ class HookEstimator(object):
                                                 'config': self._config})
 
   def _call_model_fn(self, features, labels, mode, params):
-    return _call_with_optional(
-        self._model_fn, (features, labels),
+    return signatures.call_model_fn(
+        self._model_fn, features, labels,
         {'mode': mode, 'params': params, 'config': self._config})
 
   def _scaffold(self, spec, local_init_ops):

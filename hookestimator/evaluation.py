@@ -4,9 +4,12 @@ Each step of the EVAL loop outfeeds [row states, loss, *eval_metrics
 tensors]. The outfeed thread drains a loop's steps in one session.run that
 also drops the padding rows and runs metric_fn's update ops on what is
 left, so every real example counts once and no padding counts. `loss` is
-the mean of the per-step losses weighted by each step's real examples (a
-full batch counts fully, a padded one by its share, one past the end not
-at all).
+the mean over the batches of their losses, as Estimator's and
+TPUEstimator's is: each batch with a real example counts once (a short
+one too), a batch past the end not at all. Off a TPU with one replica a
+short batch's loss is model_fn's on its real rows (inference.py trims the
+padding); on a TPU and with several replicas it is model_fn's on the
+padded batch, as on TPUEstimator.
 
 `Evaluation` is one evaluate() call in a graph and session of its own;
 `EvaluationRounds` evaluates between training loops inside the training
@@ -29,6 +32,7 @@ from hookestimator import inference
 from hookestimator import loop as loop_lib
 from hookestimator import padding
 from hookestimator import spec as spec_lib
+from hookestimator import tensor_input
 from hookestimator.compat import v1
 
 log = logging.getLogger(__name__)
@@ -58,13 +62,14 @@ class _Outfed(object):
     self.metrics = None
     self.pads = None
 
-  def __call__(self, spec, pads, batch_size):
+  def __call__(self, spec, pads, batch_size, trimmed=False):
     """`pads`: whether the input's short batches are padded, so that the
     metrics tensors' padding rows (of `batch_size`, a replica's batch) must
-    be dropped."""
+    be dropped; `trimmed`: whether model_fn saw them trimmed (their rows
+    vary)."""
     self.pads = pads
-    self.metrics = spec_lib.check_eval_spec(spec,
-                                            batch_size if pads else None)
+    self.metrics = spec_lib.check_eval_spec(
+        spec, batch_size if pads else None, trimmed=trimmed)
     self.has_loss = spec.loss is not None
     values = [tf.cast(spec.loss, tf.float32)] if self.has_loss else []
     return values + (self.metrics.tensors if self.metrics else [])
@@ -110,6 +115,7 @@ class MetricsReader(object):
     self.reset_op = v1.variables_initializer(metric_variables)
     self._lock = threading.Lock()
     self._loss_sum = 0.0
+    self._batches = 0
     self._examples = 0
 
   def _build_metrics(self, stacked, real, outfed):
@@ -146,6 +152,7 @@ class MetricsReader(object):
     session.run(self.reset_op)
     with self._lock:
       self._loss_sum = 0.0
+      self._batches = 0
       self._examples = 0
 
   def read_loop(self, session, count):
@@ -154,25 +161,29 @@ class MetricsReader(object):
     if out is None:
       return 0
     counts = out['count']
+    # Estimator's loss: the mean over batches (tf.compat.v1.metrics.mean).
+    batches = counts > 0
     with self._lock:
       self._examples += int(np.sum(counts))
+      self._batches += int(np.sum(batches))
       if self._has_loss:
-        self._loss_sum += float(np.dot(out['loss'].astype(np.float64),
-                                       counts))
+        self._loss_sum += float(np.sum(
+            out['loss'].astype(np.float64)[batches]))
     return len(counts)
 
   def flush(self, session):
     del session  # Nothing buffered: the metrics live in the session.
 
   def results(self, session):
-    """{metric name: value, 'loss': weighted mean loss}."""
+    """{metric name: value, 'loss': the mean loss over the batches}."""
     results = session.run(self._values) if self._values else {}
     with self._lock:
-      examples, loss_sum = self._examples, self._loss_sum
+      examples, batches = self._examples, self._batches
+      loss_sum = self._loss_sum
     if examples == 0:
       log.warning('The evaluation input held no examples')
     if self._has_loss:
-      results['loss'] = np.float32(loss_sum / examples if examples
+      results['loss'] = np.float32(loss_sum / batches if batches
                                    else float('nan'))
     return results
 
@@ -277,6 +288,12 @@ class EvaluationRounds(v1.train.SessionRunHook):
                                    'eval_batch_size')
     dataset = estimator._call_input_fn(
         input_fn, dict(estimator.params, batch_size=plan.input_batch))
+    if tensor_input.is_tensor_input(dataset):
+      raise TypeError(
+          'eval_input_fn returned %r; train_and_evaluate evaluates inside '
+          'the training graph, restarting the input for every round, which '
+          'needs a tf.data.Dataset. Return one, or evaluate() between '
+          'train() calls' % (dataset,))
     params = dict(estimator.params, batch_size=plan.replica_batch)
     outfed = _Outfed()
     with v1.name_scope('evaluation'):

@@ -105,53 +105,96 @@ class CountedRun(object):
     self._key = self._callable = None
 
 
+def split_element(element):
+  """(features, labels) of an input element (or of its structure of shapes
+  or types), as Estimator reads input_fn's result: a pair is (features,
+  labels); a dict or a single tensor is the features alone, labels None.
+  Other tuples are refused, as Estimator refuses them."""
+  if isinstance(element, (tuple, list)):
+    if len(element) != 2:
+      raise ValueError(
+          'input_fn should return (features, labels) as a len 2 tuple, or '
+          'the features alone (a tensor or a dict of tensors); its elements '
+          'are a %s of %d: %r' % (type(element).__name__, len(element),
+                                  element))
+    return element[0], element[1]
+  return element, None
+
+
 def dataset_structure(dataset):
-  """Checks `dataset` yields (features, labels) pairs of fully static
-  shapes, as the feeding queues need. A batch may have any layout (a TPU
-  program's input is often transposed and flattened): as with
-  TPUEstimator, no component needs a leading batch axis.
+  """Checks `dataset` yields (features, labels) pairs, or features alone
+  (BERT's input_fn: a dict of features, the labels among them). A batch
+  may have any layout (a TPU program's input is often transposed and
+  flattened): as with TPUEstimator, no component needs a leading batch
+  axis.
 
   Returns the element's (types, shapes) structures.
   """
   if not isinstance(dataset, DatasetBase):
-    raise TypeError('input_fn must return a tf.data.Dataset, got %r' %
-                    (dataset,))
+    raise TypeError('input_fn must return a tf.data.Dataset, or tensors '
+                    "(as from an iterator's get_next()), got %r" % (dataset,))
   types = v1.data.get_output_types(dataset)
   shapes = v1.data.get_output_shapes(dataset)
-  if not isinstance(shapes, tuple) or len(shapes) != 2:
-    raise ValueError('input_fn must return a dataset of (features, labels) '
-                     'pairs, got elements of structure %r' % (types,))
-  paths = _flat_paths(shapes)
-  for path, shape in zip(paths, tf.nest.flatten(shapes)):
-    if not shape.is_fully_defined():
-      raise ValueError(
-          'input_fn dataset component %s has shape %s; the feeding queues '
-          'need fully defined static shapes (batch with '
-          'drop_remainder=True, pad to a fixed size)' % (path, shape))
+  split_element(types)
   return types, shapes
 
 
-def _flat_paths(structure, prefix=('features', 'labels')):
-  """Human-readable names of the flattened components of (features, labels)."""
-  names = []
-  for root, part in zip(prefix, structure):
-    if isinstance(part, dict):
-      flat_keys = sorted(part)
-      names.extend('%s[%r]' % (root, key) for key in flat_keys
-                   for _ in tf.nest.flatten(part[key]))
-    else:
-      count = len(tf.nest.flatten(part))
-      names.extend([root] if count == 1 else
-                   ['%s[%d]' % (root, i) for i in range(count)])
-  return names
+# Why a feeding path needs fully defined static shapes (static_shapes_why).
+QUEUE_NEEDS_STATIC = 'the feeding queues need fully defined static shapes'
+TPU_NEEDS_STATIC = "a TPU's hardware infeed needs fully defined static shapes"
+REPLICAS_NEED_STATIC = ("%d replicas take equal shares of each step's input, "
+                        'which needs fully defined static shapes')
+
+
+def static_shapes_why(kind, feeding, replicas):
+  """Why training input on device kind `kind`, fed by `feeding` to
+  `replicas` replicas, needs fully defined static shapes; None where it
+  does not: off a TPU, one replica reading its input inside its own loop
+  takes batches of any shape, as Estimator does."""
+  if kind == 'tpu':
+    return TPU_NEEDS_STATIC
+  if replicas > 1:
+    return REPLICAS_NEED_STATIC % replicas
+  if feeding != IN_LOOP:
+    return QUEUE_NEEDS_STATIC
+  return None
+
+
+def check_static_shapes(shapes, why):
+  """Raises unless every component of the element structure `shapes` is
+  fully defined; `why` (static_shapes_why's) says what needs it, None
+  that nothing does."""
+  if why is None:
+    return
+  features, labels = split_element(shapes)
+  parts = [('features', features)] + (
+      [] if labels is None else [('labels', labels)])
+  for root, part in parts:
+    for path, shape in zip(_flat_paths(root, part), tf.nest.flatten(part)):
+      if not shape.is_fully_defined():
+        raise ValueError(
+            "input_fn's %s has shape %s; the %s to the model must have "
+            'static shape here: %s (batch with '
+            'drop_remainder=True, pad to a fixed size)' % (path, shape, root,
+                                                          why))
+
+
+def _flat_paths(root, part):
+  """Human-readable names of the flattened components of `part`, the
+  features or labels named `root`."""
+  if isinstance(part, dict):
+    return ['%s[%r]' % (root, key) for key in sorted(part)
+            for _ in tf.nest.flatten(part[key])]
+  count = len(tf.nest.flatten(part))
+  return [root] if count == 1 else ['%s[%d]' % (root, i) for i in range(count)]
 
 
 def as_batch(flat, shapes, structure):
   """The (features, labels) of a batch read as `flat` tensors, each given
-  its static shape."""
+  its static shape; labels None where the input has none."""
   for tensor, shape in zip(flat, shapes):
     tensor.set_shape(shape)
-  return tf.nest.pack_sequence_as(structure, flat)
+  return split_element(tf.nest.pack_sequence_as(structure, flat))
 
 
 class InLoopInfeed(object):
@@ -162,7 +205,8 @@ class InLoopInfeed(object):
   thread does. The checkpointed input position is the iterator's state,
   its buffer included, so it stays exact. At the end of input the loop's
   read fails with OutOfRangeError after the steps before it have run, as
-  a closed infeed queue's dequeue does.
+  a closed infeed queue's dequeue does. With no queue between them, the
+  batches may have any shapes (static_shapes_why).
   """
 
   # No feeding thread: the InfeedOutfeedHook starts no infeed controller.
@@ -196,9 +240,12 @@ class HostInfeed(object):
   """The dataset iterator, the infeed queue and the enqueue loop."""
 
   feeds_from_thread = True
+  # What needs the static shapes the queue is made with.
+  static_shapes_why = QUEUE_NEEDS_STATIC
 
   def __init__(self, dataset):
     types, shapes = dataset_structure(dataset)
+    check_static_shapes(shapes, self.static_shapes_why)
     self._structure = shapes
     self._types = tf.nest.flatten(types)
     self._shapes = tf.nest.flatten(shapes)
@@ -227,8 +274,12 @@ class HostInfeed(object):
     self.run_options = None
 
   def _make_queue(self):
+    # A queue of batches of any shape where the shapes are not all static
+    # (tensor_input.py: one replica off a TPU takes them as they come).
+    static = all(shape.is_fully_defined() for shape in self._shapes)
     self._queue = v1.FIFOQueue(INFEED_CAPACITY, self._types,
-                               shapes=self._shapes, name='infeed_queue')
+                               shapes=self._shapes if static else None,
+                               name='infeed_queue')
 
   def _enqueue(self, flat):
     return self._queue.enqueue(flat)
@@ -339,6 +390,8 @@ class TpuInfeed(HostInfeed):
   fails, the device can only be unblocked by closing the session.
   """
 
+  static_shapes_why = TPU_NEEDS_STATIC
+
   def _make_queue(self):
     self._queue = None
 
@@ -393,15 +446,20 @@ class TpuOutfeed(HostOutfeed):
     self.cancel_op = None
 
 
+def make_outfeed(kind):
+  """The outfeed of device kind 'cpu', 'gpu' or 'tpu'."""
+  return TpuOutfeed() if kind == 'tpu' else HostOutfeed()
+
+
 def make_feeds(kind, dataset, feeding=IN_LOOP):
   """The (infeed, outfeed) pair for device kind 'cpu', 'gpu' or 'tpu' and
   feeding path `feeding` (the TPU has only its infeed thread)."""
   if kind == 'tpu':
-    return TpuInfeed(dataset), TpuOutfeed()
+    return TpuInfeed(dataset), make_outfeed(kind)
   if feeding == IN_LOOP:
-    return InLoopInfeed(dataset), HostOutfeed()
+    return InLoopInfeed(dataset), make_outfeed(kind)
   if feeding == INFEED_THREAD:
-    return HostInfeed(dataset), HostOutfeed()
+    return HostInfeed(dataset), make_outfeed(kind)
   raise ValueError('feeding must be one of %r, got %r' % (FEEDING_PATHS,
                                                           feeding))
 

@@ -4,7 +4,8 @@ Evaluation and prediction use the training machinery (feeds, controllers,
 InfeedOutfeedHook, error rendezvous) with a loop of their own: no train_op,
 and the global step does not move. The input is padded on the host (see
 padding.py); each step dequeues a padded batch and its row states, runs
-model_fn in EVAL or PREDICT mode and outfeeds [row states, *values]. The
+model_fn in EVAL or PREDICT mode (one replica off a TPU: on the batch's
+real rows only) and outfeeds [row states, *values]. The
 loop reports whether it saw a batch past the end of the input, and the
 loop-size hook stops after that loop.
 
@@ -27,6 +28,7 @@ from hookestimator import padding
 from hookestimator import replicas as replicas_lib
 from hookestimator import signatures
 from hookestimator import spec as spec_lib
+from hookestimator import tensor_input
 from hookestimator.compat import v1
 from hookestimator.controller import ErrorRendezvous
 
@@ -38,7 +40,10 @@ class InferenceLoop(object):
 
   `outfed_fn(spec)` validates the spec and returns the tensors each step
   sends back after its row states. With `reuse` the graph already holds
-  the model's variables (the training graph): the loop reads those.
+  the model's variables (the training graph): the loop reads those. With
+  `trim_to` (the padded batch size; one replica off a TPU) model_fn runs
+  on each batch's real rows only, and what it returns is padded back to
+  `trim_to` rows for the outfeed (padding.trim).
 
   Attributes:
     iterations: int32 placeholder, the number of steps this run.
@@ -48,7 +53,7 @@ class InferenceLoop(object):
   """
 
   def __init__(self, infeed, outfeed, call_model_fn, device, mode, outfed_fn,
-               reuse=False, replica_devices=None):
+               reuse=False, replica_devices=None, trim_to=None):
     self.iterations = v1.placeholder(tf.int32, [], name='iterations')
     self.spec = None
     off_tpu = device.kind != 'tpu'
@@ -74,6 +79,9 @@ class InferenceLoop(object):
       for index, (inputs, state) in enumerate(
           replicas_lib.unstack(element, count)):
         features, labels = padding.unpack_inputs(inputs)
+        if trim_to is not None:
+          rows = padding.rows_to_run(state, trim_to)
+          features, labels = padding.trim((features, labels), rows)
         if shared is None:
           shared = replicas_lib.SharedVariables(
               replicas_lib.variables_in_graph(call_model_fn, features,
@@ -81,7 +89,12 @@ class InferenceLoop(object):
               if reuse else None)
         with replica(index, sums, shared):
           spec = spec_lib.as_hook_spec(call_model_fn(features, labels, mode))
-          outfed.append([state] + list(outfed_fn(spec)))
+          values = list(outfed_fn(spec))
+          if trim_to is not None:
+            # The loss is a scalar; the rest has one row per example.
+            values = [padding.untrim(v, rows, trim_to) if v.shape.ndims
+                      else v for v in values]
+          outfed.append([state] + values)
         if index == 0:
           self.spec = spec
       if off_tpu:
@@ -121,21 +134,39 @@ class InferencePipeline(object):
 
   def __init__(self, dataset, plan, device, call_model_fn, mode,
                outfed_fn, feeding, reuse=False):
-    """`plan`: a replicas.Plan; input_fn's batches have plan.input_batch
+    """`dataset`: input_fn's result, a Dataset or tensors (tensor_input).
+    `plan`: a replicas.Plan; input_fn's batches have plan.input_batch
     rows (where they have a batch axis), model_fn's plan.replica_batch.
-    `feeding`: the feeding path (RunConfig.feeding)."""
-    self.pads = padding.check_input(dataset, plan.input_batch)
-    with tf.device(feed.HOST_DEVICE):
-      padded, self.has_labels = padding.pad_dataset(
-          dataset, plan.input_batch, self.pads)
-      padded = plan.replicate_input(padded)
+    `feeding`: the feeding path (RunConfig.feeding) of a Dataset."""
+    if tensor_input.is_tensor_input(dataset):
+      features, labels = tensor_input.parse(dataset)
+      self.pads = padding.check_shapes(tf.nest.map_structure(
+          lambda t: t.shape, (features, labels) if labels is not None
+          else features), plan.input_batch)
+      self.has_labels = labels is not None
+      with tf.device(feed.HOST_DEVICE):
+        element, past_end = padding.pad_tensors(
+            features, labels, plan.input_batch, self.pads)
+        self.infeed = tensor_input.make_infeed(device.kind, element, plan,
+                                               past_end)
+      self.outfeed = feed.make_outfeed(device.kind)
+    else:
+      self.pads = padding.check_input(dataset, plan.input_batch)
+      with tf.device(feed.HOST_DEVICE):
+        padded, self.has_labels = padding.pad_dataset(
+            dataset, plan.input_batch, self.pads)
+        padded = plan.replicate_input(padded)
+      self.infeed, self.outfeed = feed.make_feeds(device.kind, padded,
+                                                   feeding)
+    # One replica off a TPU runs a short batch as it is, as Estimator does;
+    # a TPU program, and replicas taking equal shares, need the padding.
+    trims = self.pads and device.kind != 'tpu' and plan.count == 1
     self.batch_size = plan.replica_batch
-    self.infeed, self.outfeed = feed.make_feeds(device.kind, padded,
-                                                 feeding)
     self.loop = InferenceLoop(
         self.infeed, self.outfeed, call_model_fn, device, mode,
-        lambda spec: outfed_fn(spec, self.pads, plan.replica_batch),
-        reuse=reuse, replica_devices=plan.devices)
+        lambda spec: outfed_fn(spec, self.pads, plan.replica_batch, trims),
+        reuse=reuse, replica_devices=plan.devices,
+        trim_to=plan.replica_batch if trims else None)
     # Hardware feeds (TPU) have no close ops: an error closes the session.
     self.drain_ops, self.cancel_ops = feed.end_ops(self.infeed, self.outfeed)
 

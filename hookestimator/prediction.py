@@ -42,11 +42,11 @@ class _Outfed(object):
     self._predict_keys = predict_keys
     self.keys = None
 
-  def __call__(self, spec, pads, batch_size):
+  def __call__(self, spec, pads, batch_size, trimmed=False):
     """`batch_size`: a replica's batch; predictions are batch-major,
-    padded or not."""
+    padded or not (`trimmed`: their rows vary, as the batch's do)."""
     del pads
-    keys, tensors = spec_lib.check_predict_spec(spec, batch_size)
+    keys, tensors = spec_lib.check_predict_spec(spec, batch_size, trimmed)
     if self._predict_keys is None:
       self.keys = keys
       return tensors

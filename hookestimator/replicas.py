@@ -119,8 +119,18 @@ def split_input(dataset, count, split_batches):
     return dataset
   if not split_batches:
     return dataset.batch(count, drop_remainder=True)
-  shapes = tf.nest.flatten(v1.data.get_output_shapes(dataset))
-  for shape in shapes:
+  check_splittable(v1.data.get_output_shapes(dataset), count)
+
+  def split(*element):
+    element = element if len(element) > 1 else element[0]
+    return split_batch(element, count)
+  return dataset.map(split)
+
+
+def check_splittable(shapes, count):
+  """Raises unless every shape in the structure `shapes` has a static
+  leading batch dimension that `count` divides (PER_HOST_V1)."""
+  for shape in tf.nest.flatten(shapes):
     rows = tf.compat.dimension_value(shape[0]) if shape.ndims else None
     if rows is None or rows % count:
       raise ValueError(
@@ -130,19 +140,23 @@ def split_input(dataset, count, split_batches):
           'use InputPipelineConfig.PER_HOST_V2 for batches of any layout'
           % (shape, count))
 
-  def split(*element):
-    element = element if len(element) > 1 else element[0]
-    return tf.nest.map_structure(
-        lambda t: tf.reshape(t, [count, -1] + t.shape[1:].as_list()), element)
-  return dataset.map(split)
+
+def split_batch(element, count):
+  """Each tensor of `element`, one global batch, as a [count, rows / count,
+  ...] stack (check_splittable first)."""
+  return tf.nest.map_structure(
+      lambda t: tf.reshape(t, [count, -1] + t.shape[1:].as_list()), element)
 
 
 def unstack(element, count):
   """The list of `count` per-replica structures of a stacked element."""
   if count == 1:
     return [element]
-  flat = [tf.unstack(t, count) for t in tf.nest.flatten(element)]
-  return [tf.nest.pack_sequence_as(element, [parts[index] for parts in flat])
+  # None (the labels of input without any) is None in every replica.
+  flat = [None if t is None else tf.unstack(t, count)
+          for t in tf.nest.flatten(element)]
+  return [tf.nest.pack_sequence_as(
+      element, [None if parts is None else parts[index] for parts in flat])
           for index in range(count)]
 
 
@@ -431,6 +445,8 @@ def variables_in_graph(call_model_fn, features, labels, mode):
     scratch.seed = graph.seed
 
     def placeholder(tensor):
+      if tensor is None:  # No labels.
+        return None
       if isinstance(tensor, tf.SparseTensor):
         return v1.sparse_placeholder(tensor.dtype, tensor.dense_shape.shape)
       return v1.placeholder(tensor.dtype, tensor.shape)

@@ -1,11 +1,15 @@
 """What the framework passes to input_fn and model_fn, checked before
-anything runs.
+anything runs, and calling model_fn as Estimator calls it.
 
 input_fn is called with keyword arguments only: `params` (a dict, in which
 params['batch_size'] is the batch size to produce) and `config` (the
 RunConfig), each only if input_fn takes it by that name (or takes
-**kwargs). model_fn is called with features and labels by position, then
-`mode`, `params` and `config` by name, each only if it takes them.
+**kwargs). model_fn is called as Estimator calls it: `features` by name,
+then `labels`, `mode`, `params` and `config` by name, each only if
+model_fn takes it (or takes **kwargs). A model_fn without `labels` is
+given none; input that has labels is then refused, as Estimator refuses
+it. A model_fn taking *args and no `features` gets features and labels
+by position.
 
 A function that needs any other argument would fail deep inside the graph
 building with Python's own message (`<lambda>() missing 1 required
@@ -16,8 +20,7 @@ import functools
 import inspect
 
 INPUT_FN_ARGS = ('params', 'config')
-MODEL_FN_ARGS = ('mode', 'params', 'config')
-_POSITIONAL_ARGS = ('features', 'labels')
+MODEL_FN_ARGS = ('features', 'labels', 'mode', 'params', 'config')
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY,
                inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -26,9 +29,9 @@ _INPUT_FN_PASSES = (
     "params['batch_size'] is the batch size to produce) and `config`, by "
     'name, each only if input_fn takes it')
 _MODEL_FN_PASSES = (
-    'The framework calls model_fn with features and labels by position, '
-    'then `mode`, `params` and `config` by name, each only if model_fn '
-    'takes it')
+    'The framework calls model_fn as Estimator does: with `features`, then '
+    '`labels`, `mode`, `params` and `config`, all by name, each only if '
+    'model_fn takes it')
 
 
 def _signature(fn):
@@ -83,6 +86,17 @@ def check_input_fn(input_fn, label='input_fn'):
                      _INPUT_FN_PASSES.replace('input_fn', label), hint))
 
 
+def _model_fn_shape(signature):
+  """(parameters by name, takes **kwargs, gets features and labels by
+  position) of a model_fn's signature."""
+  parameters = list(signature.parameters.values())
+  by_name = {p.name: p for p in parameters
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+  takes_kwargs = any(p.kind == p.VAR_KEYWORD for p in parameters)
+  takes_varargs = any(p.kind == p.VAR_POSITIONAL for p in parameters)
+  return by_name, takes_kwargs, takes_varargs and 'features' not in by_name
+
+
 def check_model_fn(model_fn):
   """Raises ValueError unless `model_fn` can be called as the framework
   calls it, in every mode."""
@@ -90,45 +104,51 @@ def check_model_fn(model_fn):
   if signature is None:
     return
   parameters = list(signature.parameters.values())
-  names = [p.name for p in parameters]
-  takes_varargs = any(p.kind == p.VAR_POSITIONAL for p in parameters)
+  by_name, _, by_position = _model_fn_shape(signature)
   described = _describe(model_fn, signature)
-  if 'features' not in names and not takes_varargs:
-    raise ValueError('model_fn %s must take a `features` argument; its '
-                     'arguments are %s. %s.' % (described, names,
-                                                _MODEL_FN_PASSES))
-  positional = [p for p in parameters if p.kind in _POSITIONAL]
-  if len(positional) < 2 and not takes_varargs:
+  if 'features' not in by_name and not by_position:
     raise ValueError(
-        'model_fn %s takes %d argument%s by position; it must take two, '
-        'features and labels (labels are None where the input has none). '
-        '%s.' % (described, len(positional),
-                 '' if len(positional) == 1 else 's', _MODEL_FN_PASSES))
-  for index, parameter in enumerate(positional):
-    # Features and labels come by position: neither may land in an
-    # argument named for something else, nor go past the first two.
-    if index < 2:
-      expected = _POSITIONAL_ARGS[index]
-      wrong = (parameter.name != expected and
-               parameter.name in _POSITIONAL_ARGS + MODEL_FN_ARGS)
-      where = 'where the framework passes %s' % expected
-    else:
-      wrong = parameter.name in _POSITIONAL_ARGS
-      where = ('as its argument %d, past the two the framework passes by '
-               'position' % (index + 1))
-    if wrong:
-      raise ValueError('model_fn %s takes %r %s. %s: put features and labels '
-                       'first.' % (described, parameter.name, where,
-                                   _MODEL_FN_PASSES))
-  unknown = [p.name for p in parameters[len(positional[:2]):]
-             if _required(p) and (p.kind == p.POSITIONAL_ONLY or
-                                  p.name not in MODEL_FN_ARGS)]
+        'model_fn %s must include features argument: it must take '
+        '`features` by name; its arguments are %s. %s.' % (
+            described, [p.name for p in parameters], _MODEL_FN_PASSES))
+  # With features and labels by position, the first two positional
+  # parameters take them, whatever their names.
+  filled = set()
+  if by_position:
+    filled = set(p.name for p in parameters[:2] if p.kind in _POSITIONAL)
+  unknown = [p.name for p in parameters
+             if _required(p) and p.name not in filled and
+             (p.kind == p.POSITIONAL_ONLY or p.name not in MODEL_FN_ARGS)]
   if unknown:
     raise ValueError(
-        'model_fn %s needs the argument%s %s, which the framework does not '
-        'pass. %s: give the others defaults.' % (
-            described, 's' if len(unknown) > 1 else '',
+        'model_fn %s has following not expected args: %s. It needs the '
+        'argument%s %s, which the framework does not pass. %s: give the '
+        'others defaults.' % (
+            described, unknown, 's' if len(unknown) > 1 else '',
             ', '.join(repr(name) for name in unknown), _MODEL_FN_PASSES))
+
+
+def call_model_fn(model_fn, features, labels, optional):
+  """model_fn(features=..., labels=..., **optional), each argument passed
+  only if model_fn takes it, as Estimator calls it (see the module's
+  docstring). Raises ValueError when there are labels and model_fn takes
+  none."""
+  signature = _signature(model_fn)
+  if signature is None:  # Python cannot tell: Estimator's names.
+    return model_fn(features=features, labels=labels, **optional)
+  by_name, takes_kwargs, by_position = _model_fn_shape(signature)
+  kwargs = {name: value for name, value in optional.items()
+            if takes_kwargs or name in by_name}
+  if by_position:
+    return model_fn(features, labels, **kwargs)
+  if takes_kwargs or 'labels' in by_name:
+    kwargs['labels'] = labels
+  elif labels is not None:
+    raise ValueError(
+        'model_fn %s does not take labels, but input_fn returns labels. '
+        'Give model_fn a `labels` argument, or make input_fn return the '
+        'features alone.' % _describe(model_fn, signature))
+  return model_fn(features=features, **kwargs)
 
 
 def check_takes_no_arguments(fn, label):

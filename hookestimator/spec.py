@@ -41,12 +41,14 @@ class HostCall(object):
   """A validated `host_call=(fn, tensors)` (or `eval_metrics`, same form).
 
   `tensors` is a list (passed to `fn` positionally) or a dict (passed by
-  keyword). Each tensor has rank >= 1 with a leading batch axis, and a
-  static shape, since its value crosses the outfeed once per step.
-  `name` says which spec field this is in error messages.
+  keyword). Each tensor has rank >= 1 with a leading batch axis, and,
+  with `static`, a fully defined static shape, since its value crosses the
+  outfeed once per step (checked where it does: a TRAIN spec's
+  eval_metrics never cross it). `name` says which spec field this is in
+  error messages.
   """
 
-  def __init__(self, host_call, name='host_call'):
+  def __init__(self, host_call, name='host_call', static=True):
     if (not isinstance(host_call, (tuple, list)) or len(host_call) != 2 or
         not callable(host_call[0])):
       raise TypeError('%s must be a pair (fn, tensors) with a callable '
@@ -79,7 +81,7 @@ class HostCall(object):
             '%s tensor %r (%s) has shape %s; %s tensors need '
             'rank >= 1 with a leading batch axis: reshape a scalar to [1]' %
             (name, label, tensor.name, tensor.shape, name))
-      if not tensor.shape.is_fully_defined():
+      if static and not tensor.shape.is_fully_defined():
         raise ValueError(
             '%s tensor %r (%s) has shape %s; %s tensors need a '
             'fully defined static shape' % (name, label, tensor.name,
@@ -120,10 +122,11 @@ class HookEstimatorSpec(
               training_hooks=None, scaffold_fn=None, predictions=None,
               eval_metrics=None, export_outputs=None, evaluation_hooks=None,
               prediction_hooks=None):
+    # Their shapes are checked where they are outfed.
     if host_call is not None:
-      HostCall(host_call)
+      HostCall(host_call, static=False)
     if eval_metrics is not None:
-      HostCall(eval_metrics, name='eval_metrics')
+      HostCall(eval_metrics, name='eval_metrics', static=False)
     if predictions is not None and not (isinstance(predictions, dict) and
                                         not predictions):
       _flat_predictions(predictions)
@@ -217,23 +220,35 @@ def check_train_spec(spec):
   _check_loss(spec)
 
 
-def _check_batch_major(label, tensor, batch_size, why):
+def _check_batch_major(label, tensor, batch_size, why, trimmed=False):
+  """Raises unless `tensor` has a leading batch dimension of `batch_size`
+  (with `trimmed`, one that may be unknown: model_fn saw a batch trimmed
+  to its real rows) and, with `trimmed`, static dimensions after it."""
   shape = tensor.shape
-  if (shape.ndims is None or shape.ndims < 1 or
-      tf.compat.dimension_value(shape[0]) != batch_size):
+  rows = (tf.compat.dimension_value(shape[0])
+          if shape.ndims is not None and shape.ndims >= 1 else -1)
+  if rows != batch_size and not (trimmed and rows is None):
     raise ValueError(
-        '%s (%s) has shape %s; expected a static leading batch dimension '
-        'equal to params["batch_size"] = %d, %s' %
-        (label, tensor.name, shape, batch_size, why))
+        '%s (%s) has shape %s; expected a %sleading batch dimension '
+        'equal to params["batch_size"] = %d%s, %s' %
+        (label, tensor.name, shape, '' if trimmed else 'static ',
+         batch_size, ' (or unknown, as the batch has it)' if trimmed else '',
+         why))
+  if trimmed and not shape[1:].is_fully_defined():
+    raise ValueError('%s (%s) has shape %s; it needs static dimensions after '
+                     'the batch dimension, since it crosses the outfeed' %
+                     (label, tensor.name, shape))
 
 
-def check_eval_spec(spec, batch_size):
+def check_eval_spec(spec, batch_size, trimmed=False):
   """Raises unless `spec` can evaluate; returns its eval_metrics HostCall
   (or None).
 
   It needs a scalar float loss, eval_metrics, or both. Where the input is
   padded (`batch_size` given), the eval_metrics tensors are batch-major,
-  so that padded examples can be dropped.
+  so that padded examples can be dropped; where model_fn saw the batch
+  trimmed to its real rows (`trimmed`), their batch dimension may be
+  unknown, as the batch's is.
   """
   if spec.loss is None and spec.eval_metrics is None:
     raise ValueError('model_fn returned an EVAL spec without loss and '
@@ -243,13 +258,15 @@ def check_eval_spec(spec, batch_size):
     _check_loss(spec)
   if spec.eval_metrics is None:
     return None
-  metrics = HostCall(spec.eval_metrics, name='eval_metrics')
+  metrics = HostCall(spec.eval_metrics, name='eval_metrics',
+                     static=not trimmed)
   if batch_size is None:
     return metrics
   for label, tensor in zip(metrics.labels, metrics.tensors):
     _check_batch_major('eval_metrics tensor %r' % (label,), tensor,
                        batch_size, 'one row per example, so that padding '
-                       'rows can be dropped before metric_fn sees them')
+                       'rows can be dropped before metric_fn sees them',
+                       trimmed)
   return metrics
 
 
@@ -270,9 +287,11 @@ def _flat_predictions(predictions):
   return keys, tensors
 
 
-def check_predict_spec(spec, batch_size):
+def check_predict_spec(spec, batch_size, trimmed=False):
   """Raises unless `spec` can predict; returns (keys, tensors) of its
-  predictions, keys None for a single tensor."""
+  predictions, keys None for a single tensor. With `trimmed` (model_fn saw
+  a batch trimmed to its real rows) their batch dimension may be
+  unknown."""
   if spec.predictions is None:
     raise ValueError('model_fn returned a PREDICT spec without predictions; '
                      'expected a tensor or a dict of tensors')
@@ -280,8 +299,8 @@ def check_predict_spec(spec, batch_size):
   for index, tensor in enumerate(tensors):
     label = 'predictions' if keys is None else 'predictions[%r]' % keys[index]
     _check_batch_major(label, tensor, batch_size,
-                       'one row per example')
-    if not tensor.shape.is_fully_defined():
+                       'one row per example', trimmed)
+    if not trimmed and not tensor.shape.is_fully_defined():
       raise ValueError('%s (%s) has shape %s; predictions need a fully '
                        'defined static shape' % (label, tensor.name,
                                                  tensor.shape))

@@ -4,6 +4,7 @@ own (the device loop over the replicas, the feeds, the outfeed reader) and
 the hook list in its fixed order, checking everything that can be checked
 before anything is written to model_dir; `run()` runs the loops."""
 import contextlib
+import logging
 
 import tensorflow as tf
 
@@ -17,11 +18,14 @@ from hookestimator import model_dir as model_dir_lib
 from hookestimator import peers
 from hookestimator import runs
 from hookestimator import signals
+from hookestimator import tensor_input
 from hookestimator import worker_feeds
 from hookestimator.checkpoint import CheckpointHook
 from hookestimator.compat import v1
 from hookestimator.controller import ErrorRendezvous
 from hookestimator.host_call import OutfeedReader
+
+log = logging.getLogger(__name__)
 
 
 class Training(object):
@@ -61,11 +65,7 @@ class Training(object):
       plan.check_devices(found)
     global_step = loop_lib.create_global_step(self.graph)
     if cluster is None:
-      dataset = estimator._call_input_fn(
-          input_fn, dict(estimator.params, batch_size=plan.input_batch))
-      with tf.device(feed.HOST_DEVICE):
-        dataset = plan.replicate_input(dataset)
-      infeed, outfeed = feed.make_feeds(device.kind, dataset, config.feeding)
+      infeed, outfeed = _feeds(estimator, input_fn, plan, device)
     elif cluster.feeders:
       hosts = [cluster.feeder_device(i) for i in range(len(cluster.feeders))]
       infeed = feeders.FeederInfeeds(
@@ -185,6 +185,28 @@ def _step_time_sizer(config):
                                  first_size=config.iterations_per_loop)
 
 
+def _feeds(estimator, input_fn, plan, device):
+  """The (infeed, outfeed) of input_fn's input in one process."""
+  config = estimator.config
+  result = estimator._call_input_fn(
+      input_fn, dict(estimator.params, batch_size=plan.input_batch))
+  if tensor_input.is_tensor_input(result):
+    features, labels = tensor_input.parse(result)
+    element = features if labels is None else (features, labels)
+    feed.check_static_shapes(
+        tf.nest.map_structure(lambda t: t.shape, element),
+        tensor_input.static_shapes_why(device.kind, plan.count))
+    log.warning(tensor_input.NO_POSITION_WARNING)
+    return (tensor_input.make_infeed(device.kind, element, plan),
+            feed.make_outfeed(device.kind))
+  feed.check_static_shapes(
+      feed.dataset_structure(result)[1],
+      feed.static_shapes_why(device.kind, config.feeding, plan.count))
+  with tf.device(feed.HOST_DEVICE):
+    dataset = plan.replicate_input(result)
+  return feed.make_feeds(device.kind, dataset, config.feeding)
+
+
 def _pipelines(estimator, input_fn, plan, hosts):
   """input_fn's datasets, one per host (a worker's or feeder's CPU), each
   called and placed on its host with params['input_context'] naming its
@@ -196,6 +218,13 @@ def _pipelines(estimator, input_fn, plan, hosts):
                       index, len(hosts), plan.count))
     with tf.device(host):
       dataset = estimator._call_input_fn(input_fn, params)
+      if tensor_input.is_tensor_input(dataset):
+        raise TypeError(
+            'input_fn returned %r; on a cluster it must return a '
+            "tf.data.Dataset, each worker's or feeder's pipeline running on "
+            'its own host' % (dataset,))
+      feed.check_static_shapes(feed.dataset_structure(dataset)[1],
+                               feed.QUEUE_NEEDS_STATIC)
       with tf.device(feed.HOST_DEVICE):
         datasets.append(plan.replicate_input(dataset))
   return datasets

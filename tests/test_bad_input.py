@@ -23,13 +23,13 @@ def _no_static_batch(params):
       params['batch_size'])
 
 
-def _not_a_pair(params):
-  return tf.data.Dataset.from_tensor_slices(tf.zeros([64, 4])).batch(
-      params['batch_size'], drop_remainder=True)
+def _a_triple(params):
+  return dataset_of(64, params['batch_size']).map(lambda x, y: (x, y, y))
 
 
-def _a_tensor(params):
-  return tf.zeros([params['batch_size'], 4])
+def _a_string(params):
+  del params
+  return 'data.csv'
 
 
 def _dynamic_feature_shape(params):
@@ -154,8 +154,8 @@ CASES = [
     C(lambda ctx: he.HookEstimator('model'), TypeError,
       "model_fn must be callable, got 'model'", id='model_fn-str'),
     C(lambda ctx: he.HookEstimator(lambda inputs, mode: None), ValueError,
-      r"must take a `features` argument; its arguments are \['inputs', "
-      r"'mode'\]", id='model_fn-no-features'),
+      r"must include features argument: it must take `features` by name; "
+      r"its arguments are \['inputs', 'mode'\]", id='model_fn-no-features'),
     C(lambda ctx: he.HookEstimator(linear_model_fn, config='cfg'), TypeError,
       "config must be a hookestimator.RunConfig, got 'cfg'", id='config-str'),
     C(lambda ctx: he.HookEstimator(linear_model_fn, params=[1]), TypeError,
@@ -193,18 +193,33 @@ CASES = [
     C(lambda ctx: ctx.train(input_fn='not callable'), TypeError,
       "input_fn must be callable, got 'not callable'", id='input_fn-str'),
     # input_fn's dataset
-    C(lambda ctx: ctx.train(input_fn=_a_tensor), TypeError,
-      'input_fn must return a tf.data.Dataset, got <', id='dataset-tensor'),
-    C(lambda ctx: ctx.train(input_fn=_not_a_pair), ValueError,
-      r'dataset of \(features, labels\) pairs, got elements of structure',
-      id='dataset-not-a-pair'),
-    C(lambda ctx: ctx.train(input_fn=_no_static_batch), ValueError,
-      r'features has shape \((\?|None), 4\); the feeding queues need fully '
-      r'defined static shapes \(batch with drop_remainder=True',
-      id='dataset-no-static-batch'),
-    C(lambda ctx: ctx.train(input_fn=_dynamic_feature_shape), ValueError,
-      r'features has shape \(8, (\?|None)\); the feeding queues need fully '
-      r'defined static shapes', id='dataset-dynamic-shape'),
+    C(lambda ctx: ctx.train(input_fn=_a_string), TypeError,
+      r"input_fn must return a tf.data.Dataset, or tensors \(as from an "
+      r"iterator's get_next\(\)\): .*; its features hold 'data.csv'",
+      id='dataset-string'),
+    C(lambda ctx: ctx.train(input_fn=_a_triple), ValueError,
+      r'input_fn should return \(features, labels\) as a len 2 tuple, or '
+      r'the features alone .*; its elements are a tuple of 3',
+      id='dataset-triple'),
+    # Static shapes where a queue, a TPU or several replicas need them
+    # (one replica reading its own input in its loop takes any shapes).
+    C(lambda ctx: ctx.train(input_fn=_no_static_batch,
+                            feeding='infeed_thread'), ValueError,
+      r'features has shape \((\?|None), 4\); the features to the model must '
+      r'have static shape here: the feeding queues need fully defined '
+      r'static shapes \(batch with drop_remainder=True',
+      id='dataset-no-static-batch-queue'),
+    C(lambda ctx: ctx.train(input_fn=_no_static_batch, num_replicas=2),
+      ValueError,
+      r"features has shape \((\?|None), 4\); the features to the model must "
+      r"have static shape here: 2 replicas take equal shares of each step's "
+      r'input, which needs fully defined static shapes',
+      id='dataset-no-static-batch-replicas'),
+    C(lambda ctx: ctx.train(input_fn=_dynamic_feature_shape,
+                            feeding='infeed_thread'), ValueError,
+      r'features has shape \(8, (\?|None)\); the features to the model must '
+      r'have static shape here: the feeding queues need fully defined '
+      r'static shapes', id='dataset-dynamic-shape-queue'),
     # dtypes of input_fn against the model
     C(lambda ctx: ctx.train(input_fn=_float64_features), TypeError,
       'has type float32 that does not match type float64',
@@ -295,7 +310,8 @@ class Context(object):
 
   def train(self, input_fn=input_fn, model_fn=linear_model_fn, model_dir=None,
             read_only=False, **kwargs):
-    config = {k: kwargs.pop(k) for k in ('device',) if k in kwargs}
+    config = {k: kwargs.pop(k) for k in ('device', 'feeding', 'num_replicas')
+              if k in kwargs}
     est = self._make_estimator(model_fn=model_fn,
                                model_dir=model_dir or self.model_dir, **config)
     if read_only:

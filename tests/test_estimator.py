@@ -299,9 +299,10 @@ def test_a_dynamic_shape_names_the_dict_component(make_estimator):
     return dataset_of(64, params['batch_size']).map(
         lambda x, y: ({'left': x[:, :2],
                        'right': tf.boolean_mask(x[:, 2:], x[:, 0] > 0)}, y))
-  est = make_estimator(iterations_per_loop=3)
+  est = make_estimator(iterations_per_loop=3, feeding='infeed_thread')
   with pytest.raises(ValueError, match=r"features\['right'\] has shape "
-                     r"\((\?|None), 2\); the feeding queues need fully"):
+                     r"\((\?|None), 2\); the features to the model must "
+                     r"have static shape here: the feeding queues need fully"):
     est.train(dict_input_fn, steps=5)
 
 

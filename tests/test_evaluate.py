@@ -1,5 +1,6 @@
 """evaluate(): metrics from outfed tensors equal numpy over the same data,
-exactly once per example, with a short last batch padded and masked."""
+exactly once per example, with a short last batch padded and masked (and
+run unpadded, one replica off a TPU); the loss the mean over batches."""
 import os
 import time
 
@@ -29,7 +30,7 @@ def _expected(est, num_examples, batch_size, seed=0):
       'mean_logit': np.mean(logits[:, 1]),
       'positive_rate': np.mean(y),
       'precision': np.sum((predicted == 1) & (y == 1)) / np.sum(predicted == 1),
-      'loss': models.numpy_padded_loss(est, x, y, batch_size),
+      'loss': models.numpy_loss(est, x, y, batch_size),
   }
 
 
@@ -232,8 +233,9 @@ def _scalar_metric_tensor(features, labels, mode, params):
     (_metric_fn_returning(lambda labels: {'m': labels}), TypeError,
      r"for 'm'; expected a \(value, update_op\) pair"),
     (_scalar_metric_tensor, ValueError,
-     r'eval_metrics tensor 0 .* has shape \(1,\); expected a static leading '
-     r'batch dimension equal to params\["batch_size"\] = 8'),
+     r'eval_metrics tensor 0 .* has shape \(1,\); expected a leading batch '
+     r'dimension equal to params\["batch_size"\] = 8 \(or unknown, as the '
+     r'batch has it\)'),
     (_eval_spec_with(eval_metrics=(lambda a, b: {}, [])), ValueError,
      'eval_metrics fn .* does not take 0 positional'),
 ])
@@ -260,8 +262,8 @@ def test_bad_eval_specs_fail_before_any_step(est, model_fn, error, match):
         tf.data.Dataset.range(20).batch(8)))),
      ValueError, r'features has shape \(9, 4\) and cannot be padded: .*'
      r'needs a batch dimension equal to 8, or unknown'),
-    (dict(input_fn=lambda params: tf.zeros([8, 4])), TypeError,
-     'must return a tf.data.Dataset'),
+    (dict(input_fn=lambda params: 'data.csv'), TypeError,
+     "must return a tf.data.Dataset, or tensors .*'data.csv'"),
 ])
 def test_bad_arguments_fail_before_any_step(est, kwargs, error, match):
   before = sorted(os.listdir(est.model_dir))

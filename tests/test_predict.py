@@ -152,7 +152,19 @@ def _dynamic_predictions(features, labels, mode, params):
 def test_bad_input_fails_at_the_call(est, model_fn, kwargs, error, match):
   other = he.HookEstimator(model_fn, est.config, train_batch_size=8)
   with pytest.raises(error, match=match):
-    other.predict(lambda params: models.dataset(10, 8), **kwargs)
+    other.predict(lambda params: models.dataset(16, 8, drop_remainder=True),
+                  **kwargs)
+  assert framework_threads() == []
+
+
+def test_predictions_of_other_rows_than_a_trimmed_batch_fail_at_its_step(est):
+  # One replica off a TPU runs a short batch unpadded: the batch dimension
+  # is unknown, so a prediction with other rows is caught as it runs.
+  other = he.HookEstimator(_dynamic_predictions, est.config,
+                           train_batch_size=8)
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match='must have one row per example of its batch'):
+    list(other.predict(lambda params: models.dataset(10, 8)))
   assert framework_threads() == []
 
 

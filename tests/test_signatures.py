@@ -102,14 +102,6 @@ def test_export_refuses_a_serving_input_receiver_fn_that_needs_arguments(
   assert not os.path.exists(str(tmp_path / 'export'))
 
 
-def _features_mode_params(features, mode, params):
-  del features, mode, params
-
-
-def _features_only(features):
-  del features
-
-
 def _with_hparams(features, labels, mode, hparams):
   del features, labels, mode, hparams
 
@@ -118,34 +110,66 @@ def _keyword_only(features, labels, *, mode, scale):
   del features, labels, mode, scale
 
 
+def _without_features(inputs, labels, mode):
+  del inputs, labels, mode
+
+
 @pytest.mark.parametrize('model_fn, pattern', [
-    (_features_mode_params,
-     r"model_fn _features_mode_params\(features, mode, params\) takes 'mode' "
-     r'where the framework passes labels'),
-    (_features_only,
-     r'model_fn _features_only\(features\) takes 1 argument by position; it '
-     r'must take two, features and labels'),
     (_with_hparams,
-     r"model_fn _with_hparams\(features, labels, mode, hparams\) needs the "
-     r"argument 'hparams', which the framework does not pass"),
+     r"model_fn _with_hparams\(features, labels, mode, hparams\) has "
+     r"following not expected args: \['hparams'\]. It needs the argument "
+     r"'hparams', which the framework does not pass"),
     (_keyword_only,
-     r"model_fn _keyword_only\(features, labels, \*, mode, scale\) needs the "
-     r"argument 'scale'"),
+     r"model_fn _keyword_only\(features, labels, \*, mode, scale\) has "
+     r"following not expected args: \['scale'\]. It needs the argument "
+     r"'scale'"),
     (lambda x, features: None,
-     r"model_fn <lambda>\(x, features\) takes 'features' where the framework "
-     r'passes labels'),
-], ids=['labels-missing', 'one-positional', 'unknown', 'keyword-only',
-        'features-second'])
+     r"model_fn <lambda>\(x, features\) has following not expected args: "
+     r"\['x'\]"),
+    (_without_features,
+     r"model_fn _without_features\(inputs, labels, mode\) must include "
+     r"features argument: it must take `features` by name; its arguments "
+     r"are \['inputs', 'labels', 'mode'\]"),
+], ids=['unknown', 'keyword-only', 'unknown-first', 'no-features'])
 def test_a_model_fn_the_framework_cannot_call_is_refused_for_every_mode(
     tmp_path, model_fn, pattern):
   # The estimator is built for every mode at once: refusing it there is
   # refusing it before train, evaluate, predict and export run.
   with pytest.raises(ValueError, match=pattern) as raised:
     he.HookEstimator(model_fn, he.RunConfig(model_dir=str(tmp_path / 'm')))
-  assert ('The framework calls model_fn with features and labels by '
-          'position, then `mode`, `params` and `config` by name, each only '
-          'if model_fn takes it') in str(raised.value)
+  # TPUEstimator's tests match this phrase.
+  if 'features argument' not in pattern:
+    assert re.search('model_fn .* has following not expected args',
+                     str(raised.value))
+  assert ('The framework calls model_fn as Estimator does: with `features`, '
+          'then `labels`, `mode`, `params` and `config`, all by name, each '
+          'only if model_fn takes it') in str(raised.value)
   assert not os.path.exists(str(tmp_path / 'm'))
+
+
+def _labels_first(labels, features, mode, params):
+  """Estimator passes by name: the order of the arguments does not matter."""
+  return models.model_fn(features, labels, mode, params)
+
+
+def _model_fn_without_labels(features, mode, params):
+  """As BERT's run_classifier: the labels are a feature."""
+  return models.model_fn(features['x'], features['label'], mode, params)
+
+
+def _features_labels_input_fn(params):
+  return models.train_input_fn(params).map(lambda x, y: {'x': x, 'label': y})
+
+
+def test_a_model_fn_without_labels_is_refused_input_with_labels(tmp_path):
+  est = models.make(tmp_path, model=_model_fn_without_labels)
+  with pytest.raises(ValueError, match=(
+      r'model_fn _model_fn_without_labels\(features, mode, params\) does '
+      r'not take labels, but input_fn returns labels. Give model_fn a '
+      r'`labels` argument')):
+    est.train(models.train_input_fn, steps=3)
+  assert est.latest_checkpoint() is None
+  assert framework_threads() == []
 
 
 def _fixed_batch_input_fn():
@@ -170,6 +194,10 @@ def _model_fn_with_varargs(*args, **kwargs):
   return models.model_fn(*args, kwargs['mode'], kwargs['params'])
 
 
+def _model_fn_with_extra_default(features, labels, mode, params, scale=1.0):
+  return models.model_fn(features * scale, labels, mode, params)
+
+
 def _model_fn_with_scale(features, labels, mode, params, scale):
   return models.model_fn(features * scale, labels, mode, params)
 
@@ -185,9 +213,13 @@ def _model_fn_with_scale(features, labels, mode, params, scale):
     (_model_fn_with_varargs, models.train_input_fn),
     (functools.partial(_model_fn_with_scale, scale=1.0),
      models.train_input_fn),
+    (_labels_first, models.train_input_fn),
+    (_model_fn_without_labels, _features_labels_input_fn),
+    (_model_fn_with_extra_default, models.train_input_fn),
 ], ids=['input-params-config', 'input-kwargs', 'input-no-arguments',
         'input-partial', 'model-features-labels', 'model-kwargs',
-        'model-varargs', 'model-partial'])
+        'model-varargs', 'model-partial', 'model-labels-first',
+        'model-without-labels', 'model-extra-default'])
 def test_every_signature_the_framework_can_call_trains(tmp_path, model_fn,
                                                        input_fn):
   est = models.make(tmp_path, model=model_fn)

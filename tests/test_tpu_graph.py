@@ -85,3 +85,25 @@ def test_tpu_without_a_tpu_fails_plainly(tpu_graph):
   _, device, _, _, _, _ = tpu_graph
   with pytest.raises(devices.DeviceNotFoundError, match='no TPU device'):
     device.check()
+
+
+def test_tensor_input_feeds_the_hardware_infeed(tmp_path):
+  """input_fn returning tensors (tensor_input.py): on a TPU the infeed
+  thread runs them into the hardware infeed, one batch a run."""
+  from hookestimator import replicas
+  from hookestimator import tensor_input
+  with tf.Graph().as_default() as graph:
+    device = devices.Device('tpu', list_devices=lambda kind: [])
+    global_step = loop_lib.create_global_step(graph)
+    features, labels = v1.data.make_one_shot_iterator(
+        dataset_of(64, 8)).get_next()
+    plan = replicas.Plan('tpu', 1, 8, 'train_batch_size')
+    infeed = tensor_input.make_infeed('tpu', (features, labels), plan)
+    outfeed = feed.make_outfeed('tpu')
+    loop_lib.DeviceLoop(global_step, infeed, outfeed,
+                        lambda f, l, mode: linear_model_fn(f, l, mode, {}),
+                        device)
+  assert isinstance(infeed, tensor_input.TpuTensorInfeed)
+  assert_one_tpu_program_between_hardware_feeds(graph)
+  assert infeed.close_op is None
+  assert tensor_input.static_shapes_why('tpu', 1) == feed.TPU_NEEDS_STATIC
