@@ -95,13 +95,13 @@ def learning_rate_schedule(step, peak, warmup_steps, decay_steps,
 
 def attention(x, num_heads, name, output_stddev):
   """Causal multi-head self-attention; x is [batch, time, depth]."""
-  batch, time, depth = x.shape.as_list()
+  _, time, depth = x.shape.as_list()  # the batch may be short: unknown
   head = depth // num_heads
   with v1.variable_scope(name):
     qkv = dense(x, 3 * depth, 'qkv', stddev=0.02)
 
     def heads(t):  # [batch, time, depth] -> [batch, heads, time, head]
-      return tf.transpose(tf.reshape(t, [batch, time, num_heads, head]),
+      return tf.transpose(tf.reshape(t, [-1, time, num_heads, head]),
                           [0, 2, 1, 3])
     q, k, v = [heads(t) for t in tf.split(qkv, 3, axis=-1)]
     scores = tf.matmul(q, k, transpose_b=True) / math.sqrt(head)
@@ -109,7 +109,7 @@ def attention(x, num_heads, name, output_stddev):
     scores = scores * causal - 1e9 * (1.0 - causal)
     weights = tf.nn.softmax(scores)
     out = tf.reshape(tf.transpose(tf.matmul(weights, v), [0, 2, 1, 3]),
-                     [batch, time, depth])
+                     [-1, time, depth])
     return dense(out, depth, 'out', stddev=output_stddev)
 
 
