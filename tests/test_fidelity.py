@@ -72,10 +72,11 @@ def hwcn_model_fn(features, labels, mode, params):
 
 
 def _tpu_estimator(model_dir, model_fn, iterations_per_loop=5,
-                   log_step_count_steps=100, **kwargs):
+                   log_step_count_steps=100, session_config=None, **kwargs):
   config = tpu.RunConfig(
       model_dir=str(model_dir), save_checkpoints_steps=1000,
       log_step_count_steps=log_step_count_steps,
+      session_config=session_config,
       tpu_config=tpu.TPUConfig(
           iterations_per_loop=iterations_per_loop,
           per_host_input_for_training=tpu.InputPipelineConfig.PER_HOST_V2))
@@ -130,12 +131,82 @@ def _linear_input_fn(params):
       params['batch_size'], drop_remainder=True)
 
 
-def test_global_step_read_in_model_fn_is_the_steps_own_value(tmp_path):
+def _upstream(op):
+  """Every op that must run before `op` in its loop iteration: through
+  inputs and control inputs, on up (not back through a TF 1 loop's
+  NextIteration, into the iteration before)."""
+  seen, todo = set(), [op]
+  while todo:
+    current = todo.pop()
+    for parent in [t.op for t in current.inputs] + list(
+        current.control_inputs):
+      if parent not in seen and parent.type != 'NextIteration':
+        seen.add(parent)
+        todo.append(parent)
+  return seen
+
+
+@pytest.mark.parametrize('num_shards', [1, 2])
+def test_the_increment_waits_for_every_global_step_read_model_fn_made(
+    tmp_path, num_shards):
+  # Checked in the built graph, so it holds whatever order the executor
+  # happens to pick: each replica's increment of the global step must
+  # wait for every read of it that model_fn made, ordered or not.
+  built = []
+
+  def model_fn(features, labels, mode, params):
+    graph = v1.get_default_graph()
+    first = len(graph.get_operations())
+    global_step = v1.train.get_global_step()
+    learning_rate = v1.train.exponential_decay(0.01, global_step, 10, 0.5)
+    w = v1.get_variable('w', [4, 1])
+    loss = tf.reduce_mean(tf.square(tf.matmul(features, w)[:, 0] - labels))
+    train_op = tpu.CrossShardOptimizer(v1.train.GradientDescentOptimizer(
+        learning_rate)).minimize(loss, global_step=global_step)
+    # The canonical programs' unordered reads, made after minimize().
+    gs_t = tf.reshape(global_step, [1])
+    as_float = tf.cast(global_step, tf.float32)
+    loss_t = tf.reshape(loss + 0.0 * as_float, [1])
+    built.append(graph.get_operations()[first:])
+    return tpu.TPUEstimatorSpec(
+        mode, loss=loss, train_op=train_op,
+        host_call=(lambda gs, l: {'seen': tf.cast(gs[0], tf.float32)},
+                   [gs_t, loss_t]))
+
+  config = tpu.RunConfig(
+      model_dir=str(tmp_path),
+      tpu_config=tpu.TPUConfig(iterations_per_loop=2, num_shards=num_shards))
+  est = tpu.TPUEstimator(model_fn=model_fn, config=config, use_tpu=True,
+                         train_batch_size=8)
+  est.train(_linear_input_fn, max_steps=2)
+  assert len(built) == num_shards
+  for ops in built:
+    increments = [op for op in ops if op.type == 'AssignAddVariableOp']
+    assert len(increments) == 1, [op.name for op in increments]
+    increment = increments[0]
+    handle = increment.inputs[0]
+    after = {op for op in ops if increment in _upstream(op)}
+    reads = [op for op in ops if op.type == 'ReadVariableOp'
+             and op.inputs[0].name == handle.name and op not in after]
+    # exponential_decay's read, the reshape's and the cast's at least.
+    assert len(reads) >= 3, [op.name for op in reads]
+    waits_for = _upstream(increment)
+    assert [op.name for op in reads if op not in waits_for] == []
+
+
+@pytest.mark.parametrize('inter_op_threads', [None, 4])
+def test_global_step_read_in_model_fn_is_the_steps_own_value(
+    tmp_path, inter_op_threads):
   # 2,000 loops of 10 steps: without the ordering, some reads ran after the
-  # increment and their summaries landed one step late.
+  # increment and their summaries landed one step late; with several
+  # inter-op threads the executor is freer to run them late.
   steps = 20000
+  session_config = None
+  if inter_op_threads:
+    session_config = v1.ConfigProto(
+        inter_op_parallelism_threads=inter_op_threads)
   est = _tpu_estimator(tmp_path, _global_step_host_call_model_fn(
-      ['step_seen']), iterations_per_loop=10)
+      ['step_seen']), iterations_per_loop=10, session_config=session_config)
   est.train(_linear_input_fn, max_steps=steps)
   seen = events(est.model_dir)['step_seen']
   assert len(seen) == steps
