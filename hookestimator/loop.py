@@ -186,8 +186,12 @@ class DeviceLoop(object):
           spec = spec_lib.as_hook_spec(
               call_model_fn(features, labels, compat.ModeKeys.TRAIN))
           spec_lib.check_train_spec(spec)
-          order_reads_before_writes(handle,
-                                    graph.get_operations()[first_model_op:])
+          # Replica 0's step is the global step itself: the loop's own read
+          # (the step's label) must also come before an increment model_fn
+          # makes without minimize(), as `global_step.assign(gs + 1)`.
+          own_reads = [step_value.op] if index == 0 else []
+          order_reads_before_writes(
+              handle, own_reads + graph.get_operations()[first_model_op:])
         specs.append(spec)
       if off_tpu:
         if count > 1 and sums.count == 0:

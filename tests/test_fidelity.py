@@ -215,6 +215,69 @@ def test_global_step_read_in_model_fn_is_the_steps_own_value(
   assert late == []
 
 
+def _bert_style_model_fn(built):
+  """model_fn as BERT's optimization.py trains: apply_gradients without the
+  global step, then its own `global_step.assign(global_step + 1)` grouped
+  into train_op, and host_call fed the step it read."""
+  def model_fn(features, labels, mode, params):
+    graph = v1.get_default_graph()
+    global_step = v1.train.get_or_create_global_step()
+    w = v1.get_variable('w', [4, 1])
+    loss = tf.reduce_mean(tf.square(tf.matmul(features, w)[:, 0] - labels))
+    optimizer = v1.train.GradientDescentOptimizer(0.01)
+    grads_and_vars = optimizer.compute_gradients(loss)
+    train_op = optimizer.apply_gradients(grads_and_vars)
+    new_global_step = global_step + 1
+    train_op = tf.group(train_op, [global_step.assign(new_global_step)])
+    built.append(graph)
+    return tpu.TPUEstimatorSpec(
+        mode, loss=loss, train_op=train_op,
+        host_call=(lambda gs: {'seen': tf.cast(gs[0], tf.float32)},
+                   [tf.reshape(global_step, [1])]))
+  return model_fn
+
+
+@pytest.mark.parametrize('num_shards', [1, 2])
+def test_a_model_fn_increment_waits_for_the_loops_own_step_read(
+    tmp_path, num_shards):
+  # The loop reads the step it labels each step's outfeed with before
+  # model_fn runs; an increment model_fn makes itself must wait for that
+  # read too, or a step's summaries are labelled with the next step.
+  built = []
+  config = tpu.RunConfig(
+      model_dir=str(tmp_path),
+      tpu_config=tpu.TPUConfig(iterations_per_loop=2, num_shards=num_shards))
+  est = tpu.TPUEstimator(model_fn=_bert_style_model_fn(built), config=config,
+                         use_tpu=True, train_batch_size=8)
+  est.train(_linear_input_fn, max_steps=2)
+  graph = built[0]
+  increments = [op for op in graph.get_operations()
+                if op.type == 'AssignVariableOp' and
+                'global_step' in op.inputs[0].op.name]
+  assert increments, [op.name for op in graph.get_operations()
+                      if op.type == 'AssignVariableOp']
+  increment = increments[0]
+  handle = increment.inputs[0]
+  after = {op for op in graph.get_operations() if increment in _upstream(op)}
+  reads = [op for op in graph.get_operations() if op.type == 'ReadVariableOp'
+           and op.inputs[0].name == handle.name and op not in after]
+  # The loop's own read, model_fn's `global_step + 1` and the reshape's.
+  assert len(reads) >= 3, [op.name for op in reads]
+  waits_for = _upstream(increment)
+  assert [op.name for op in reads if op not in waits_for] == []
+
+
+def test_a_model_fn_increment_labels_every_step_once(tmp_path):
+  steps = 400
+  est = _tpu_estimator(
+      tmp_path, _bert_style_model_fn([]), iterations_per_loop=10,
+      session_config=v1.ConfigProto(inter_op_parallelism_threads=4))
+  est.train(_linear_input_fn, max_steps=steps)
+  seen = events(est.model_dir)['seen']
+  assert sorted(step for step, _ in seen) == list(range(steps))
+  assert [(step, value) for step, value in seen if value != step] == []
+
+
 def test_framework_tags_never_collide_with_host_call_tags(tmp_path):
   est = _tpu_estimator(tmp_path, _global_step_host_call_model_fn(
       ['loss', 'examples/sec']), iterations_per_loop=5,
