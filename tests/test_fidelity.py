@@ -221,15 +221,17 @@ def _bert_style_model_fn(built):
   into train_op, and host_call fed the step it read."""
   def model_fn(features, labels, mode, params):
     graph = v1.get_default_graph()
+    first = len(graph.get_operations())
     global_step = v1.train.get_or_create_global_step()
     w = v1.get_variable('w', [4, 1])
     loss = tf.reduce_mean(tf.square(tf.matmul(features, w)[:, 0] - labels))
-    optimizer = v1.train.GradientDescentOptimizer(0.01)
+    optimizer = tpu.CrossShardOptimizer(
+        v1.train.GradientDescentOptimizer(0.01))
     grads_and_vars = optimizer.compute_gradients(loss)
     train_op = optimizer.apply_gradients(grads_and_vars)
     new_global_step = global_step + 1
     train_op = tf.group(train_op, [global_step.assign(new_global_step)])
-    built.append(graph)
+    built.append((graph, graph.get_operations()[first:]))
     return tpu.TPUEstimatorSpec(
         mode, loss=loss, train_op=train_op,
         host_call=(lambda gs: {'seen': tf.cast(gs[0], tf.float32)},
@@ -250,17 +252,18 @@ def test_a_model_fn_increment_waits_for_the_loops_own_step_read(
   est = tpu.TPUEstimator(model_fn=_bert_style_model_fn(built), config=config,
                          use_tpu=True, train_batch_size=8)
   est.train(_linear_input_fn, max_steps=2)
-  graph = built[0]
-  increments = [op for op in graph.get_operations()
-                if op.type == 'AssignVariableOp' and
-                'global_step' in op.inputs[0].op.name]
-  assert increments, [op.name for op in graph.get_operations()
-                      if op.type == 'AssignVariableOp']
+  graph, model_ops = built[0]
+  increments = [op for op in model_ops if op.type == 'AssignVariableOp'
+                and op.name != 'w/Assign']  # w's initializer, outside.
+  assert len(increments) == 1, [op.name for op in increments]
   increment = increments[0]
   handle = increment.inputs[0]
   after = {op for op in graph.get_operations() if increment in _upstream(op)}
+  # Reads whose value something uses (a read nothing consumes labels
+  # nothing).
   reads = [op for op in graph.get_operations() if op.type == 'ReadVariableOp'
-           and op.inputs[0].name == handle.name and op not in after]
+           and op.inputs[0].name == handle.name and op not in after
+           and op.outputs[0].consumers()]
   # The loop's own read, model_fn's `global_step + 1` and the reshape's.
   assert len(reads) >= 3, [op.name for op in reads]
   waits_for = _upstream(increment)
