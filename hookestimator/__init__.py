@@ -5,10 +5,10 @@ by host controller threads, with every moving part a SessionRunHook.
 """
 from hookestimator.config import RunConfig
 from hookestimator.estimator import HookEstimator
-from hookestimator.feeders import feed_forever
+from hookestimator.feeder_tasks import feed_forever
 from hookestimator.model_dir import CheckpointMismatchError
 from hookestimator.nan import NanLossError
-from hookestimator.peers import LostTaskError
+from hookestimator.task_server import LostTaskError
 from hookestimator.replicas import cross_replica_sum
 from hookestimator.signals import TrainingInterrupted
 from hookestimator.spec import EstimatorSpec

@@ -10,7 +10,7 @@ The chief (job `chief`, task 0) is worker 0 and the client of the run: it
 builds the one graph. Task i of job `worker` is worker i + 1. Every worker
 runs `num_replicas` replicas on its own devices and, in a cluster without
 feeders, one input pipeline on its own CPU. With a `feeder` job, the
-feeders run the input pipelines instead (feeders.py), one each, and feed
+feeders run the input pipelines instead (feeder_tasks.py), one each, and feed
 the chief, which then trains alone (no `worker` job).
 """
 import json

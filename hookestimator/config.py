@@ -6,7 +6,7 @@ from hookestimator import cluster as cluster_lib
 from hookestimator.compat import v1
 
 DEVICE_KINDS = ('cpu', 'gpu', 'tpu')
-# The feeding paths (feed.py): the device loop reads the input itself, or
+# The feeding paths (device_feeds.py): the device loop reads the input itself, or
 # an infeed thread fills a queue it reads. A TPU program has only the latter.
 FEEDING_PATHS = ('in_loop', 'infeed_thread')
 DEFAULT_SAVE_CHECKPOINTS_SECS = 600

@@ -8,9 +8,9 @@ import tensorflow as tf
 from hookestimator import config as config_lib
 from hookestimator import evaluation
 from hookestimator import export
-from hookestimator import feed
+from hookestimator import device_feeds
 from hookestimator import inference
-from hookestimator import peers
+from hookestimator import task_server
 from hookestimator import prediction
 from hookestimator import replicas
 from hookestimator import runs
@@ -166,10 +166,10 @@ class HookEstimator(object):
     if cluster is None:
       self._train(input_fn, steps, max_steps, user_hooks)
       return self
-    server = peers.server(cluster, self._config.session_config)
+    server = task_server.server(cluster, self._config.session_config)
     if not cluster.is_chief:
-      peers.serve(cluster, server, self._config.peer_timeout_secs)
-    peers.run_chief(cluster, server, self._config.peer_timeout_secs,
+      task_server.serve(cluster, server, self._config.peer_timeout_secs)
+    task_server.run_chief(cluster, server, self._config.peer_timeout_secs,
                     lambda: self._train(input_fn, steps, max_steps,
                                         user_hooks))
     return self
@@ -274,7 +274,7 @@ class HookEstimator(object):
 
   def _call_input_fn(self, input_fn, params):
     """input_fn's dataset, built on the host."""
-    with tf.device(feed.HOST_DEVICE):
+    with tf.device(device_feeds.HOST_DEVICE):
       return _call_with_optional(input_fn, (), {'params': params,
                                                 'config': self._config})
 

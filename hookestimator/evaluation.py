@@ -26,7 +26,7 @@ import tensorflow as tf
 from hookestimator import compat
 from hookestimator import config as config_lib
 from hookestimator import event_writer
-from hookestimator import feed
+from hookestimator import device_feeds
 from hookestimator import hooks as hooks_lib
 from hookestimator import inference
 from hookestimator import loop as loop_lib
@@ -121,7 +121,7 @@ class MetricsReader(object):
   def _build_metrics(self, stacked, real, outfed):
     """Runs metric_fn on the host on the loop's real examples; returns the
     variables it made."""
-    with tf.device(feed.HOST_DEVICE), v1.name_scope('eval_metrics'):
+    with tf.device(device_feeds.HOST_DEVICE), v1.name_scope('eval_metrics'):
       columns = stacked[2 if self._has_loss else 1:]
       if outfed.pads:
         # Steps and rows in one axis, then only the real examples.

@@ -21,7 +21,7 @@ import tensorflow as tf
 from hookestimator import compat
 from hookestimator import config as config_lib
 from hookestimator import devices
-from hookestimator import feed
+from hookestimator import device_feeds
 from hookestimator import hooks as hooks_lib
 from hookestimator import loop as loop_lib
 from hookestimator import padding
@@ -144,19 +144,19 @@ class InferencePipeline(object):
           lambda t: t.shape, (features, labels) if labels is not None
           else features), plan.input_batch)
       self.has_labels = labels is not None
-      with tf.device(feed.HOST_DEVICE):
+      with tf.device(device_feeds.HOST_DEVICE):
         element, past_end = padding.pad_tensors(
             features, labels, plan.input_batch, self.pads)
         self.infeed = tensor_input.make_infeed(device.kind, element, plan,
                                                past_end)
-      self.outfeed = feed.make_outfeed(device.kind)
+      self.outfeed = device_feeds.make_outfeed(device.kind)
     else:
       self.pads = padding.check_input(dataset, plan.input_batch)
-      with tf.device(feed.HOST_DEVICE):
+      with tf.device(device_feeds.HOST_DEVICE):
         padded, self.has_labels = padding.pad_dataset(
             dataset, plan.input_batch, self.pads)
         padded = plan.replicate_input(padded)
-      self.infeed, self.outfeed = feed.make_feeds(device.kind, padded,
+      self.infeed, self.outfeed = device_feeds.make_feeds(device.kind, padded,
                                                    feeding)
     # One replica off a TPU runs a short batch as it is, as Estimator does;
     # a TPU program, and replicas taking equal shares, need the padding.
@@ -168,7 +168,7 @@ class InferencePipeline(object):
         reuse=reuse, replica_devices=plan.devices,
         trim_to=plan.replica_batch if trims else None)
     # Hardware feeds (TPU) have no close ops: an error closes the session.
-    self.drain_ops, self.cancel_ops = feed.end_ops(self.infeed, self.outfeed)
+    self.drain_ops, self.cancel_ops = device_feeds.end_ops(self.infeed, self.outfeed)
 
 
 class InferenceRun(object):
@@ -232,7 +232,7 @@ class InferenceRun(object):
       self.aborts = [feeding.abort, device_system.close]
       self.fetch = pipeline.loop.stopped
       session_config, self.loop_options, feeding_options = (
-          feed.session_pools(config.session_config))
+          device_feeds.session_pools(config.session_config))
       pipeline.infeed.run_options = feeding_options
       pipeline.outfeed.run_options = feeding_options
       self.session_creator = session_creator(scaffold, checkpoint,

@@ -33,7 +33,7 @@ import tensorflow as tf
 from hookestimator import config as config_lib
 from hookestimator import estimator as estimator_lib
 from hookestimator import event_writer
-from hookestimator import feeders
+from hookestimator import feeder_tasks
 from hookestimator import model_dir as model_dir_lib
 from hookestimator.compat import v1
 from hookestimator.progress import ProgressHook
@@ -313,7 +313,7 @@ def main(argv=None, stream=None):
   # A worker or feeder serves the chief's run, then ends the process with
   # its status.
   if args.mode == 'feed':
-    feeders.feed_forever(estimator.config)
+    feeder_tasks.feed_forever(estimator.config)
   if is_worker(estimator):
     estimator.train(exp.model.train_input_fn, max_steps=exp.train_steps)
   config_path = save_operative_config(args.model_dir,

@@ -24,7 +24,7 @@ several replicas, model_fn sees the padded batch, as on TPUEstimator.
 import tensorflow as tf
 
 from hookestimator.compat import DatasetBase, v1
-from hookestimator.feed import split_element
+from hookestimator.device_feeds import split_element
 
 REAL = 1
 PADDING = 0

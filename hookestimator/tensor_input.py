@@ -21,7 +21,7 @@ state to save): training says so once per run.
 """
 import tensorflow as tf
 
-from hookestimator import feed
+from hookestimator import device_feeds
 from hookestimator import replicas as replicas_lib
 from hookestimator.compat import DatasetBase, v1
 
@@ -42,7 +42,7 @@ def parse(result):
   pair is (features, labels), anything else the features (labels None).
   Raises unless every part is a dense tf.Tensor of the graph being built.
   """
-  features, labels = feed.split_element(result)
+  features, labels = device_feeds.split_element(result)
   graph = v1.get_default_graph()
   for name, part in (('features', features), ('labels', labels)):
     for tensor in ([] if part is None else tf.nest.flatten(part)):
@@ -62,7 +62,7 @@ def parse(result):
 def static_shapes_why(kind, replicas):
   """Why tensor input needs fully defined static shapes (None where it
   does not: one replica off a TPU takes batches of any shape)."""
-  return feed.static_shapes_why(kind, feed.IN_LOOP, replicas)
+  return device_feeds.static_shapes_why(kind, device_feeds.IN_LOOP, replicas)
 
 
 def make_infeed(kind, element, plan, past_end=None):
@@ -83,7 +83,7 @@ def make_infeed(kind, element, plan, past_end=None):
   return infeed_class(element, past_end, units)
 
 
-class TensorInfeed(feed.HostInfeed):
+class TensorInfeed(device_feeds.HostInfeed):
   """The infeed queue, fed by running the input's tensors once per batch.
 
   Has HostInfeed's interface. `units` batches make one step's input (one
@@ -99,7 +99,7 @@ class TensorInfeed(feed.HostInfeed):
     self._types = [t.dtype for t in flat]
     self._shapes = [t.shape for t in flat]
     self._units = units
-    with tf.device(feed.HOST_DEVICE), v1.name_scope('infeed'):
+    with tf.device(device_feeds.HOST_DEVICE), v1.name_scope('infeed'):
       self._make_queue()
       self._enqueue_op = self._enqueue(flat)
       self._past_end_op = (None if past_end is None else
@@ -117,13 +117,13 @@ class TensorInfeed(feed.HostInfeed):
     """One step's batch as (features, labels), for use inside the loop:
     with several units, their [units, ...] stack."""
     if self._units == 1:
-      return feed.as_batch(self._dequeue_flat(), self._shapes,
+      return device_feeds.as_batch(self._dequeue_flat(), self._shapes,
                            self._structure)
     flat = self._queue.dequeue_many(self._units, name='infeed_dequeue')
     flat = list(flat) if isinstance(flat, (list, tuple)) else [flat]
     shapes = [tf.TensorShape([self._units]).concatenate(shape)
               for shape in self._shapes]
-    return feed.as_batch(flat, shapes, self._structure)
+    return device_feeds.as_batch(flat, shapes, self._structure)
 
   def _callables(self, session):
     if session is not self._session:
@@ -155,5 +155,5 @@ class TensorInfeed(feed.HostInfeed):
     self._session = self._runs = None
 
 
-class TpuTensorInfeed(TensorInfeed, feed.TpuInfeed):
+class TpuTensorInfeed(TensorInfeed, device_feeds.TpuInfeed):
   """TensorInfeed into the TPU's hardware infeed (one unit a step)."""

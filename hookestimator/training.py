@@ -10,16 +10,16 @@ import tensorflow as tf
 
 from hookestimator import devices
 from hookestimator import event_writer
-from hookestimator import feed
-from hookestimator import feeders
+from hookestimator import device_feeds
+from hookestimator import feeder_tasks
 from hookestimator import hooks as hooks_lib
 from hookestimator import loop as loop_lib
 from hookestimator import model_dir as model_dir_lib
-from hookestimator import peers
+from hookestimator import task_server
 from hookestimator import runs
 from hookestimator import signals
 from hookestimator import tensor_input
-from hookestimator import worker_feeds
+from hookestimator import cluster_infeeds
 from hookestimator.checkpoint import CheckpointHook
 from hookestimator.compat import v1
 from hookestimator.controller import ErrorRendezvous
@@ -68,16 +68,16 @@ class Training(object):
       infeed, outfeed = _feeds(estimator, input_fn, plan, device)
     elif cluster.feeders:
       hosts = [cluster.feeder_device(i) for i in range(len(cluster.feeders))]
-      infeed = feeders.FeederInfeeds(
+      infeed = feeder_tasks.FeederInfeeds(
           _pipelines(estimator, input_fn, plan, hosts), hosts,
           cluster.host_device(0))
-      outfeed = feed.HostOutfeed()
+      outfeed = device_feeds.HostOutfeed()
     else:
       hosts = [cluster.host_device(w) for w in range(cluster.num_workers)]
-      infeed = worker_feeds.WorkerInfeeds(
+      infeed = cluster_infeeds.WorkerInfeeds(
           _pipelines(estimator, input_fn, plan, hosts), hosts,
           plan.local_count, cluster.host_device(0))
-      outfeed = feed.HostOutfeed()
+      outfeed = device_feeds.HostOutfeed()
     device_loop = loop_lib.DeviceLoop(
         global_step, infeed, outfeed,
         lambda features, labels, mode: estimator._call_model_fn(
@@ -103,13 +103,13 @@ class Training(object):
         device_loop.spec, [infeed.initializer] + reader.init_ops +
         (extra.init_ops if extra else []) + [device_loop.mirrored.sync_op()])
     # Hardware feeds (TPU) have no close ops: an error closes the session.
-    drain_ops, cancel_ops = feed.end_ops(infeed, outfeed)
+    drain_ops, cancel_ops = device_feeds.end_ops(infeed, outfeed)
     # Host queues are read in batches of steps; a hardware outfeed is read
     # loop by loop, as the TPU program fills it.
     feeding = hooks_lib.InfeedOutfeedHook(
         loop_state, infeed, reader, self._rendezvous,
         drain_ops=drain_ops, cancel_ops=cancel_ops,
-        outfeed_batch_steps=(feed.OUTFEED_BATCH_STEPS if cancel_ops is not None
+        outfeed_batch_steps=(device_feeds.OUTFEED_BATCH_STEPS if cancel_ops is not None
                              else 1),
         session_holders=[infeed, outfeed])
     device_system = hooks_lib.DeviceSystemHook(
@@ -146,16 +146,16 @@ class Training(object):
         checkpoints.abort, device_system.close]
     if cluster is None:
       session_config, self._loop_options, feeding_options = (
-          feed.session_pools(config.session_config))
+          device_feeds.session_pools(config.session_config))
       infeed.run_options = outfeed.run_options = feeding_options
     else:
       # A distributed session has no thread pool options.
-      session_config = peers.server_config(config.session_config)
+      session_config = task_server.server_config(config.session_config)
       self._loop_options = None
     self._fetch = device_loop.train_op
     master = ''
     if cluster is not None:
-      master = peers.server(cluster, config.session_config).target
+      master = task_server.server(cluster, config.session_config).target
     self._creator = v1.train.ChiefSessionCreator(
         scaffold=scaffold, checkpoint_dir=model_dir, config=session_config,
         master=master)
@@ -193,18 +193,18 @@ def _feeds(estimator, input_fn, plan, device):
   if tensor_input.is_tensor_input(result):
     features, labels = tensor_input.parse(result)
     element = features if labels is None else (features, labels)
-    feed.check_static_shapes(
+    device_feeds.check_static_shapes(
         tf.nest.map_structure(lambda t: t.shape, element),
         tensor_input.static_shapes_why(device.kind, plan.count))
     log.warning(tensor_input.NO_POSITION_WARNING)
     return (tensor_input.make_infeed(device.kind, element, plan),
-            feed.make_outfeed(device.kind))
-  feed.check_static_shapes(
-      feed.dataset_structure(result)[1],
-      feed.static_shapes_why(device.kind, config.feeding, plan.count))
-  with tf.device(feed.HOST_DEVICE):
+            device_feeds.make_outfeed(device.kind))
+  device_feeds.check_static_shapes(
+      device_feeds.dataset_structure(result)[1],
+      device_feeds.static_shapes_why(device.kind, config.feeding, plan.count))
+  with tf.device(device_feeds.HOST_DEVICE):
     dataset = plan.replicate_input(result)
-  return feed.make_feeds(device.kind, dataset, config.feeding)
+  return device_feeds.make_feeds(device.kind, dataset, config.feeding)
 
 
 def _pipelines(estimator, input_fn, plan, hosts):
@@ -214,7 +214,7 @@ def _pipelines(estimator, input_fn, plan, hosts):
   datasets = []
   for index, host in enumerate(hosts):
     params = dict(estimator.params, batch_size=plan.input_batch,
-                  input_context=worker_feeds.input_context(
+                  input_context=cluster_infeeds.input_context(
                       index, len(hosts), plan.count))
     with tf.device(host):
       dataset = estimator._call_input_fn(input_fn, params)
@@ -223,8 +223,8 @@ def _pipelines(estimator, input_fn, plan, hosts):
             'input_fn returned %r; on a cluster it must return a '
             "tf.data.Dataset, each worker's or feeder's pipeline running on "
             'its own host' % (dataset,))
-      feed.check_static_shapes(feed.dataset_structure(dataset)[1],
-                               feed.QUEUE_NEEDS_STATIC)
-      with tf.device(feed.HOST_DEVICE):
+      device_feeds.check_static_shapes(device_feeds.dataset_structure(dataset)[1],
+                               device_feeds.QUEUE_NEEDS_STATIC)
+      with tf.device(device_feeds.HOST_DEVICE):
         datasets.append(plan.replicate_input(dataset))
   return datasets

@@ -328,28 +328,28 @@ def test_the_cluster_bench_reports_one_and_two_workers(tmp_path):
 
 
 def test_a_peer_is_lost_when_it_refuses_or_stays_silent(monkeypatch):
-  from hookestimator import peers  # pylint: disable=g-import-not-at-top
+  from hookestimator import task_server  # pylint: disable=g-import-not-at-top
   now = [100.0]
-  monkeypatch.setattr(peers.time, 'monotonic', lambda: now[0])
-  refused = peers.Health()
-  for _ in range(peers.REFUSALS_LOST - 1):
-    refused.record(peers.REFUSED)
-  refused.record(peers.ANSWERED)  # An answer starts the count again.
-  for _ in range(peers.REFUSALS_LOST - 1):
-    refused.record(peers.REFUSED)
+  monkeypatch.setattr(task_server.time, 'monotonic', lambda: now[0])
+  refused = task_server.Health()
+  for _ in range(task_server.REFUSALS_LOST - 1):
+    refused.record(task_server.REFUSED)
+  refused.record(task_server.ANSWERED)  # An answer starts the count again.
+  for _ in range(task_server.REFUSALS_LOST - 1):
+    refused.record(task_server.REFUSED)
   assert not refused.lost
-  refused.record(peers.REFUSED)
+  refused.record(task_server.REFUSED)
   assert refused.lost
   # A slow machine answers late: silence is loss only after SILENT_SECS.
-  silent = peers.Health()
+  silent = task_server.Health()
   for _ in range(10):
-    now[0] += peers.SILENT_SECS / 10.0 - 0.01
-    silent.record(peers.SILENT)
+    now[0] += task_server.SILENT_SECS / 10.0 - 0.01
+    silent.record(task_server.SILENT)
   assert not silent.lost
   now[0] += 0.2
-  silent.record(peers.SILENT)
+  silent.record(task_server.SILENT)
   assert silent.lost
-  assert peers.outcome_of(tf.errors.UnavailableError(None, None, 'gone')) == (
-      peers.REFUSED)
-  assert peers.outcome_of(tf.errors.DeadlineExceededError(None, None, 'x')) == (
-      peers.SILENT)
+  assert task_server.outcome_of(tf.errors.UnavailableError(None, None, 'gone')) == (
+      task_server.REFUSED)
+  assert task_server.outcome_of(tf.errors.DeadlineExceededError(None, None, 'x')) == (
+      task_server.SILENT)

@@ -1,4 +1,4 @@
-"""The runs use the thread pools feed.session_pools makes: the device loop
+"""The runs use the thread pools device_feeds.session_pools makes: the device loop
 on the loop pool, the feeding threads on the feeding pool, and both pools
 are shared by every session of the process."""
 import os
@@ -7,7 +7,7 @@ import threading
 import pytest
 import tensorflow as tf
 
-from hookestimator import feed
+from hookestimator import device_feeds
 from tests import inference_models as models
 
 v1 = tf.compat.v1
@@ -85,7 +85,7 @@ CALLS = {
 def test_the_loop_and_the_feeding_threads_run_on_their_pools(
     tmp_path, monkeypatch, call, feeding):
   est = models.trained(tmp_path, steps=3, feeding=feeding)
-  config, loop_options, feeding_options = feed.session_pools(None)
+  config, loop_options, feeding_options = device_feeds.session_pools(None)
   loop_pool = loop_options.inter_op_thread_pool
   feeding_pool = feeding_options.inter_op_thread_pool
   assert len({0, loop_pool, feeding_pool}) == 3
@@ -130,10 +130,10 @@ def _threads_a_second_session_adds(config=None, options=()):
 def test_the_loop_and_feeding_pools_are_shared_by_every_session():
   """A pool per session would start and end its threads with every run;
   each new thread grows the process's memory (a malloc arena of its own)."""
-  config, loop_options, feeding_options = feed.session_pools(None)
+  config, loop_options, feeding_options = device_feeds.session_pools(None)
   plain = _threads_a_second_session_adds()
   pooled = _threads_a_second_session_adds(config,
                                           [loop_options, feeding_options])
   assert pooled <= plain
   names = [p.global_name for p in config.session_inter_op_thread_pool]
-  assert all(name.startswith(feed.SHARED_POOL_PREFIX) for name in names)
+  assert all(name.startswith(device_feeds.SHARED_POOL_PREFIX) for name in names)

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from hookestimator import devices
-from hookestimator import feed
+from hookestimator import device_feeds
 from hookestimator import loop as loop_lib
 from hookestimator.host_call import OutfeedReader
 from tests.conftest import dataset_of, linear_model_fn
@@ -50,7 +50,7 @@ def tpu_graph():
   with tf.Graph().as_default() as graph:
     device = devices.Device('tpu', list_devices=lambda kind: [])
     global_step = loop_lib.create_global_step(graph)
-    infeed, outfeed = feed.make_feeds('tpu', dataset_of(64, 8))
+    infeed, outfeed = device_feeds.make_feeds('tpu', dataset_of(64, 8))
     loop = loop_lib.DeviceLoop(
         global_step, infeed, outfeed,
         lambda f, l, mode: linear_model_fn(f, l, mode,
@@ -99,11 +99,11 @@ def test_tensor_input_feeds_the_hardware_infeed(tmp_path):
         dataset_of(64, 8)).get_next()
     plan = replicas.Plan('tpu', 1, 8, 'train_batch_size')
     infeed = tensor_input.make_infeed('tpu', (features, labels), plan)
-    outfeed = feed.make_outfeed('tpu')
+    outfeed = device_feeds.make_outfeed('tpu')
     loop_lib.DeviceLoop(global_step, infeed, outfeed,
                         lambda f, l, mode: linear_model_fn(f, l, mode, {}),
                         device)
   assert isinstance(infeed, tensor_input.TpuTensorInfeed)
   assert_one_tpu_program_between_hardware_feeds(graph)
   assert infeed.close_op is None
-  assert tensor_input.static_shapes_why('tpu', 1) == feed.TPU_NEEDS_STATIC
+  assert tensor_input.static_shapes_why('tpu', 1) == device_feeds.TPU_NEEDS_STATIC

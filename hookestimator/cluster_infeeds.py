@@ -11,7 +11,7 @@ hold every worker's input position.
 """
 import tensorflow as tf
 
-from hookestimator import feed
+from hookestimator import device_feeds
 from hookestimator import replicas as replicas_lib
 
 
@@ -45,7 +45,7 @@ class WorkerInfeeds(object):
     self.parts = []
     for dataset, device in zip(datasets, devices):
       with tf.device(device):
-        self.parts.append(feed.HostInfeed(dataset))
+        self.parts.append(device_feeds.HostInfeed(dataset))
     self._devices = list(devices)
     self._local_count = local_count
     self.save_device = save_device

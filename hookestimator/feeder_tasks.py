@@ -20,9 +20,9 @@ import logging
 import tensorflow as tf
 
 from hookestimator import config as config_lib
-from hookestimator import feed
+from hookestimator import device_feeds
 from hookestimator import input_position
-from hookestimator import peers
+from hookestimator import task_server
 from hookestimator.compat import v1
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class FeederInfeeds(object):
     self._shapes = tf.nest.flatten(shapes)
     self.save_device = trainer_device
     with tf.device(trainer_device), v1.name_scope('infeed'):
-      self._queue = v1.FIFOQueue(feed.INFEED_CAPACITY, self._types,
+      self._queue = v1.FIFOQueue(device_feeds.INFEED_CAPACITY, self._types,
                                  shapes=self._shapes, name='infeed_queue')
       self.close_op = self._queue.close(cancel_pending_enqueues=True)
     chunk = chunk_batches(self._types, self._shapes)
@@ -140,7 +140,7 @@ class FeederInfeeds(object):
     """One batch as (features, labels), for use inside the device loop."""
     flat = self._queue.dequeue(name='infeed_dequeue')
     flat = list(flat) if isinstance(flat, (list, tuple)) else [flat]
-    return feed.as_batch(flat, self._shapes, self._structure)
+    return device_feeds.as_batch(flat, self._shapes, self._structure)
 
   def shares(self, count):
     """{feeder index: batches} for `count` more batches, shared out evenly
@@ -200,7 +200,7 @@ def chunk_batches(types, shapes):
 
 
 def _common_structure(datasets):
-  structures = [feed.dataset_structure(d) for d in datasets]
+  structures = [device_feeds.dataset_structure(d) for d in datasets]
   check_runs_remotely(datasets)
   for index, structure in enumerate(structures[1:], 1):
     if structure != structures[0]:
@@ -264,5 +264,5 @@ def feed_forever(config=None):
         'RunConfig(cluster=...)); this process is %s' % (
             'not in a cluster' if cluster is None else
             'task %s' % cluster.describe(cluster.task)))
-  peers.serve(cluster, peers.server(cluster, config.session_config),
+  task_server.serve(cluster, task_server.server(cluster, config.session_config),
               config.peer_timeout_secs)

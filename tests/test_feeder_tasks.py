@@ -22,7 +22,7 @@ import tensorflow as tf
 import hookestimator as he
 from hookestimator import cluster as cluster_lib
 from hookestimator import config as config_lib
-from hookestimator import feeders
+from hookestimator import feeder_tasks
 from tests import processes as processes_lib
 from tests.feeder_task import EXAMPLES
 from tests.processes import LOST_SECS
@@ -262,7 +262,7 @@ def ids_dataset(start, count):
 
 
 def local_infeeds(datasets):
-  return feeders.FeederInfeeds(datasets, ['/device:CPU:0'] * len(datasets),
+  return feeder_tasks.FeederInfeeds(datasets, ['/device:CPU:0'] * len(datasets),
                                '/device:CPU:0')
 
 
@@ -315,15 +315,15 @@ def test_feeders_must_give_batches_of_one_structure():
 
 
 def test_large_batches_cross_in_smaller_chunks():
-  small = feeders.chunk_batches([tf.float32, tf.int64],
+  small = feeder_tasks.chunk_batches([tf.float32, tf.int64],
                                 [tf.TensorShape([64, 64]), tf.TensorShape([64])])
-  assert small == feeders.CHUNK_BATCHES
-  images = feeders.chunk_batches([tf.float32],
+  assert small == feeder_tasks.CHUNK_BATCHES
+  images = feeder_tasks.chunk_batches([tf.float32],
                                  [tf.TensorShape([256, 224, 224, 3])])
   assert images == 1
-  middle = feeders.chunk_batches([tf.uint8], [tf.TensorShape([1 << 19])])
-  assert middle == feeders.CHUNK_BYTES // (1 << 19) == 8
-  assert feeders.chunk_batches([tf.string], [tf.TensorShape([4])]) == 1
+  middle = feeder_tasks.chunk_batches([tf.uint8], [tf.TensorShape([1 << 19])])
+  assert middle == feeder_tasks.CHUNK_BYTES // (1 << 19) == 8
+  assert feeder_tasks.chunk_batches([tf.string], [tf.TensorShape([4])]) == 1
 
 
 def test_feeders_reading_the_same_data_are_warned_of(caplog):

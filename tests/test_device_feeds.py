@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hookestimator import feed
+from hookestimator import device_feeds
 
 v1 = tf.compat.v1
 
@@ -22,7 +22,7 @@ def _run_with_timeout(session, fetches, millis=500):
 
 def test_one_run_enqueues_a_whole_loop_of_batches_in_order():
   with tf.Graph().as_default():
-    infeed = feed.HostInfeed(_numbered_batches(20))
+    infeed = device_feeds.HostInfeed(_numbered_batches(20))
     features, labels = infeed.dequeue()
     with v1.Session() as session:
       session.run(infeed.initializer)
@@ -39,7 +39,7 @@ def test_one_run_enqueues_a_whole_loop_of_batches_in_order():
 
 def test_end_of_input_keeps_every_enqueued_batch_then_closes():
   with tf.Graph().as_default():
-    infeed = feed.HostInfeed(_numbered_batches(4))
+    infeed = device_feeds.HostInfeed(_numbered_batches(4))
     _, labels = infeed.dequeue()
     with v1.Session() as session:
       session.run(infeed.initializer)
@@ -53,7 +53,7 @@ def test_end_of_input_keeps_every_enqueued_batch_then_closes():
 
 def test_outfeed_gives_back_a_loop_in_step_order_and_drains_after_close():
   with tf.Graph().as_default():
-    outfeed = feed.HostOutfeed()
+    outfeed = device_feeds.HostOutfeed()
     step = v1.placeholder(tf.int64, [])
     values = v1.placeholder(tf.float32, [2])
     enqueue = outfeed.enqueue([step, values])
@@ -77,34 +77,34 @@ def _threads(config):
 
 
 def test_session_pools_add_a_loop_and_a_feeding_pool_keeping_the_users():
-  config, loop, feeding = feed.session_pools(None)
+  config, loop, feeding = device_feeds.session_pools(None)
   assert config.allow_soft_placement
-  assert _threads(config) == [0, feed.LOOP_POOL_THREADS,
-                              feed.FEEDING_POOL_THREADS]
+  assert _threads(config) == [0, device_feeds.LOOP_POOL_THREADS,
+                              device_feeds.FEEDING_POOL_THREADS]
   assert (loop.inter_op_thread_pool, feeding.inter_op_thread_pool) == (1, 2)
 
   user = v1.ConfigProto(inter_op_parallelism_threads=3,
                         intra_op_parallelism_threads=1,
                         log_device_placement=True)
-  config, loop, feeding = feed.session_pools(user)
+  config, loop, feeding = device_feeds.session_pools(user)
   assert (config.intra_op_parallelism_threads,
           config.log_device_placement) == (1, True)
   # The user's inter-op setting sizes the first pool and the loop's.
-  assert _threads(config) == [3, 3, feed.FEEDING_POOL_THREADS]
+  assert _threads(config) == [3, 3, device_feeds.FEEDING_POOL_THREADS]
   assert not user.session_inter_op_thread_pool  # the user's is not changed
 
   user.session_inter_op_thread_pool.add(num_threads=4)
   user.session_inter_op_thread_pool.add(num_threads=1)
-  config, loop, feeding = feed.session_pools(user)
-  assert _threads(config) == [4, 1, 3, feed.FEEDING_POOL_THREADS]
+  config, loop, feeding = device_feeds.session_pools(user)
+  assert _threads(config) == [4, 1, 3, device_feeds.FEEDING_POOL_THREADS]
   assert (loop.inter_op_thread_pool, feeding.inter_op_thread_pool) == (2, 3)
 
 
 def test_the_feeds_run_on_the_feeding_pool():
   with tf.Graph().as_default():
-    infeed = feed.HostInfeed(_numbered_batches(20))
+    infeed = device_feeds.HostInfeed(_numbered_batches(20))
     _, labels = infeed.dequeue()
-    config, _, options = feed.session_pools(None)
+    config, _, options = device_feeds.session_pools(None)
     infeed.run_options = options
     with v1.Session(config=config) as session:
       session.run(infeed.initializer)
