@@ -12,6 +12,10 @@ runs `num_replicas` replicas on its own devices and, in a cluster without
 feeders, one input pipeline on its own CPU. With a `feeder` job, the
 feeders run the input pipelines instead (feeder_tasks.py), one each, and feed
 the chief, which then trains alone (no `worker` job).
+
+An `evaluator` task (TF_CONFIG's task type; as in Estimator it need not be
+a job of the cluster) is outside the training cluster: it evaluates the
+chief's checkpoints in its own process (evaluator_task.py).
 """
 import json
 import logging
@@ -22,6 +26,7 @@ log = logging.getLogger(__name__)
 
 TF_CONFIG = 'TF_CONFIG'
 JOBS = ('chief', 'worker', 'feeder')
+EVALUATOR = 'evaluator'
 _ADDRESS = re.compile(r'^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$')
 
 
@@ -30,17 +35,28 @@ class Cluster(object):
 
   Attributes:
     jobs: {'chief': [address], 'worker': [address, ...]}.
-    task_type: 'chief', 'worker' or 'feeder'.
+    task_type: 'chief', 'worker', 'feeder' or 'evaluator'.
     task_index: the task's index in its job.
   """
 
   def __init__(self, jobs, task_type, task_index):
+    jobs = dict(jobs) if isinstance(jobs, dict) else jobs
+    # Estimator's evaluator is no part of the training cluster; a cluster
+    # that lists it anyway (as MultiWorkerMirroredStrategy's may) trains
+    # without it.
+    evaluators = jobs.pop(EVALUATOR, None) if isinstance(jobs, dict) else None
     self.jobs = _check_jobs(jobs)
-    if task_type not in self.jobs:
+    if task_type == EVALUATOR:
+      count = max(len(evaluators or ()), 1)
+      if (isinstance(task_index, bool) or not isinstance(task_index, int)
+          or not 0 <= task_index < count):
+        raise ValueError('evaluator task index %r is out of range: expected '
+                         'an int from 0 to %d' % (task_index, count - 1))
+    elif task_type not in self.jobs:
       raise ValueError('task type %r is not a job of the cluster; expected '
                        'one of %s' % (task_type, sorted(self.jobs)))
-    if (isinstance(task_index, bool) or not isinstance(task_index, int) or
-        not 0 <= task_index < len(self.jobs[task_type])):
+    elif (isinstance(task_index, bool) or not isinstance(task_index, int) or
+          not 0 <= task_index < len(self.jobs[task_type])):
       raise ValueError('task index %r of job %r is out of range: the job has '
                        '%d task(s)' % (task_index, task_type,
                                        len(self.jobs[task_type])))
@@ -50,6 +66,16 @@ class Cluster(object):
   @property
   def is_chief(self):
     return self.task_type == 'chief'
+
+  @property
+  def is_evaluator(self):
+    return self.task_type == EVALUATOR
+
+  @property
+  def chief_serves(self):
+    """Whether the chief runs a server (it does when the cluster trains
+    on several tasks; a chief alone trains in its process)."""
+    return bool(self.tasks[1:] + self.feeders)
 
   @property
   def num_workers(self):
@@ -87,6 +113,8 @@ class Cluster(object):
 
   def describe(self, task):
     """'/job:worker/task:0 (10.0.0.2:2222)'."""
+    if task[0] == EVALUATOR:
+      return task_name(task)
     return '%s (%s)' % (task_name(task), self.address(task))
 
   def host_device(self, worker):
@@ -130,9 +158,8 @@ def _check_jobs(jobs):
     if job not in JOBS:
       raise ValueError(
           'cluster job %r is not supported: a hookestimator cluster has a '
-          '"chief", and "worker" or "feeder" tasks (no parameter servers; '
-          "evaluate the chief's checkpoints with `hookestimator evaluate` "
-          'instead of an evaluator task)' % (job,))
+          '"chief", and "worker" or "feeder" tasks, and may have an '
+          '"evaluator" (no parameter servers)' % (job,))
   chief = jobs.get('chief')
   if not isinstance(chief, (list, tuple)) or len(chief) != 1:
     raise ValueError('the cluster needs exactly one "chief" address, got '
@@ -208,7 +235,8 @@ def read_tf_config(environ=None):
 def parse(value, source='cluster'):
   """A Cluster from `value` in TF_CONFIG's format (a JSON string or a
   dict with 'cluster' and 'task'); None for a cluster of one task (which
-  runs in this process, as Estimator runs it), or for an empty value."""
+  runs in this process, as Estimator runs it), or for an empty value. An
+  evaluator task gets its Cluster whatever the cluster's size."""
   if isinstance(value, Cluster):
     return value
   value = load(value, source)
@@ -218,15 +246,16 @@ def parse(value, source='cluster'):
   if not isinstance(jobs, dict):
     _check_jobs(jobs)  # Raises, naming it.
   jobs = {job: addresses for job, addresses in jobs.items() if addresses}
-  if _single_task(jobs):
+  task = value.get('task')
+  evaluator = isinstance(task, dict) and task.get('type') == EVALUATOR
+  if _single_task(jobs) and not evaluator:
     log.info('%s names one task: training runs in this process.', source)
     return None
-  task = value.get('task')
   if not isinstance(task, dict) or 'type' not in task:
     raise ValueError('%s needs a "task" with its "type" and "index" (this '
                      "process's role), got %r" % (source, task))
   cluster = Cluster(jobs, task['type'], task.get('index', 0))
-  if not cluster.peers:
+  if not cluster.peers and not cluster.is_evaluator:
     log.info('%s names the chief alone: training runs in this process.',
              source)
     return None

@@ -36,6 +36,16 @@ def check_positive_number(name, value):
   return value
 
 
+def check_non_negative_number(name, value):
+  """Returns `value` if it is a number >= 0; raises naming `name`."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    raise TypeError('%s must be a number >= 0, got %r (%s)' % (
+        name, value, type(value).__name__))
+  if not value >= 0:
+    raise ValueError('%s must be a number >= 0, got %r' % (name, value))
+  return value
+
+
 def _model_dir(model_dir, tf_config):
   """model_dir, or TF_CONFIG's "model_dir" when it is None, as Estimator's
   RunConfig takes it; the two must agree when both are given."""
@@ -102,7 +112,9 @@ class RunConfig(object):
     cluster: the cluster this run spans, in TF_CONFIG's format (a dict or
       JSON string with "cluster" and "task"), or a cluster.Cluster; None
       reads the TF_CONFIG environment variable (no cluster when unset).
-      num_replicas replicas run on each worker; see docs/cluster.md.
+      num_replicas replicas run on each worker; see docs/cluster.md. An
+      `evaluator` task runs outside the training cluster: its config has
+      `cluster` None and keeps the cluster as `evaluator`.
     peer_timeout_secs: how long a task of a cluster waits for the others
       to answer when the run starts, before failing with the names of the
       missing tasks.
@@ -187,6 +199,11 @@ class RunConfig(object):
                                               self.num_replicas)
     self.cluster = (cluster_lib.from_environment() if cluster is None else
                     cluster_lib.parse(cluster, 'RunConfig(cluster=...)'))
+    # An evaluator task evaluates in its own process, as without a cluster;
+    # `evaluator` keeps the cluster whose chief it follows.
+    self.evaluator = None
+    if self.cluster is not None and self.cluster.is_evaluator:
+      self.evaluator, self.cluster = self.cluster, None
     if self.cluster is not None and device == 'tpu':
       raise ValueError("a cluster cannot run with device='tpu'; got "
                        'cluster=%r' % (self.cluster,))
@@ -227,12 +244,13 @@ class RunConfig(object):
         check_nan_loss=self.check_nan_loss,
         num_replicas=self.num_replicas,
         feeding=self.feeding,
-        cluster=self.cluster or '',
+        cluster=self.cluster or self.evaluator or '',
         peer_timeout_secs=self.peer_timeout_secs,
         loop_seconds=self.loop_seconds)
     moves = (changes.get('device', self.device) != self.device or
              ('cluster' in changes and
-              _cluster_of(changes['cluster']) != self.cluster))
+              _cluster_of(changes['cluster']) != (self.cluster or
+                                                  self.evaluator)))
     fields.update(changes)
     if moves and 'feeding' not in changes:
       # The new device's or cluster's default; the same device keeps the

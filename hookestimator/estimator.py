@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from hookestimator import config as config_lib
 from hookestimator import evaluation
+from hookestimator import evaluator_task
 from hookestimator import export
 from hookestimator import device_feeds
 from hookestimator import inference
@@ -162,6 +163,12 @@ class HookEstimator(object):
       if not isinstance(hook, v1.train.SessionRunHook):
         raise TypeError('hooks must be SessionRunHook instances, got %r' %
                         (hook,))
+    if self._config.evaluator is not None:
+      raise ValueError(
+          'this process is the cluster\'s evaluator task (%s): it evaluates '
+          "the chief's checkpoints and trains nothing; run train_and_evaluate "
+          '(the same command as every other task) or evaluate' %
+          self._config.evaluator.describe(self._config.evaluator.task))
     cluster = self._config.cluster
     if cluster is None:
       self._train(input_fn, steps, max_steps, user_hooks)
@@ -225,7 +232,7 @@ class HookEstimator(object):
 
   def train_and_evaluate(self, train_input_fn, eval_input_fn, max_steps,
                          eval_every_steps, eval_steps=None, hooks=None,
-                         name=None):
+                         name=None, throttle_secs=0):
     """Trains to `max_steps`, evaluating at every multiple of
     `eval_every_steps`, at `max_steps`, and when the training input ends,
     all in one graph and one session: the training graph is built and the
@@ -235,6 +242,12 @@ class HookEstimator(object):
     Each evaluation reads the variables at that step and writes its results
     to TensorBoard at that step (model_dir/eval or eval_<name>). Returns the
     list of every evaluation's results, in order.
+
+    On a cluster, as under Estimator, the chief and workers train to
+    `max_steps` (and return []), and the `evaluator` task evaluates each
+    checkpoint the chief writes, at least `throttle_secs` apart, until one
+    at or past `max_steps` (evaluator_task.py); eval_every_steps is then
+    unused: the checkpoints set the evaluated steps.
     """
     for label, fn in (('train_input_fn', train_input_fn),
                       ('eval_input_fn', eval_input_fn)):
@@ -248,11 +261,17 @@ class HookEstimator(object):
                                                allow_none=True)
     name = evaluation.check_name(name)
     user_hooks = inference.check_hooks(hooks)
+    throttle_secs = config_lib.check_non_negative_number('throttle_secs',
+                                                         throttle_secs)
+    if self._config.evaluator is not None:
+      return evaluator_task.run(self, eval_input_fn, max_steps,
+                                steps=eval_steps, hooks=user_hooks,
+                                name=name, throttle_secs=throttle_secs)
     if self._config.cluster is not None:
-      raise ValueError(
-          'train_and_evaluate does not run on a cluster (got %r): train() '
-          "on every task, then evaluate() the chief's checkpoints" %
-          (self._config.cluster,))
+      log.info('Training on the cluster; its evaluator task, if it has '
+               'one, evaluates the checkpoints')
+      self.train(train_input_fn, max_steps=max_steps, hooks=user_hooks)
+      return []
     if self.checkpoint_step() >= max_steps:
       log.info('The checkpoint is at or past max_steps=%d; evaluating only',
                max_steps)

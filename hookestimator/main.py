@@ -34,6 +34,7 @@ from hookestimator import config as config_lib
 from hookestimator import estimator as estimator_lib
 from hookestimator import event_writer
 from hookestimator import feeder_tasks
+from hookestimator import task_server
 from hookestimator import model_dir as model_dir_lib
 from hookestimator.compat import v1
 from hookestimator.progress import ProgressHook
@@ -55,12 +56,12 @@ RunConfig = gin.external_configurable(config_lib.RunConfig,
 
 Experiment = collections.namedtuple(
     'Experiment', ['model', 'train_steps', 'hooks', 'eval_steps',
-                   'eval_every_steps'])
+                   'eval_every_steps', 'throttle_secs'])
 
 
 @gin.configurable
 def experiment(model=gin.REQUIRED, train_steps=gin.REQUIRED, hooks=(),
-               eval_steps=None, eval_every_steps=None):
+               eval_steps=None, eval_every_steps=None, throttle_secs=0):
   """What a run file configures.
 
   Args:
@@ -71,6 +72,8 @@ def experiment(model=gin.REQUIRED, train_steps=gin.REQUIRED, hooks=(),
       configurable hook).
     eval_steps: batches per evaluation; None for the whole held-out set.
     eval_every_steps: steps between evaluations in train_and_evaluate.
+    throttle_secs: on a cluster's evaluator task, the least time between
+      the starts of two evaluations (docs/cluster.md).
   """
   return Experiment(
       model, config_lib.check_positive_int('experiment.train_steps',
@@ -79,7 +82,9 @@ def experiment(model=gin.REQUIRED, train_steps=gin.REQUIRED, hooks=(),
       config_lib.check_positive_int('experiment.eval_steps', eval_steps,
                                     allow_none=True),
       config_lib.check_positive_int('experiment.eval_every_steps',
-                                    eval_every_steps, allow_none=True))
+                                    eval_every_steps, allow_none=True),
+      config_lib.check_non_negative_number('experiment.throttle_secs',
+                                           throttle_secs))
 
 
 class ConfigError(Exception):
@@ -216,7 +221,15 @@ def configure(argv):
         'names %s; start the trainer with train' % (
             'no cluster' if cluster is None else
             'task %s' % cluster.describe(cluster.task)))
-  if cluster is not None and args.mode not in ('train', 'feed'):
+  evaluator = estimator.config.evaluator
+  if evaluator is not None and args.mode not in ('train_and_evaluate',
+                                                 'evaluate'):
+    raise ConfigError(
+        '%s does not run on the evaluator task (TF_CONFIG names %s): run '
+        'train_and_evaluate on every task, the evaluator included' % (
+            args.mode, evaluator.describe(evaluator.task)))
+  if cluster is not None and args.mode not in ('train', 'feed',
+                                               'train_and_evaluate'):
     raise ConfigError(
         '%s does not run on a cluster (TF_CONFIG names task %s): train on '
         "every task, then %s the chief's model_dir without TF_CONFIG" % (
@@ -316,6 +329,8 @@ def main(argv=None, stream=None):
     feeder_tasks.feed_forever(estimator.config)
   if is_worker(estimator):
     estimator.train(exp.model.train_input_fn, max_steps=exp.train_steps)
+  if estimator.config.evaluator is not None:
+    return _evaluator(args, exp, estimator)
   config_path = save_operative_config(args.model_dir,
                                       estimator.checkpoint_step())
   run_mode = {'train': train, 'evaluate': evaluate, 'predict': predict,
@@ -327,6 +342,26 @@ def main(argv=None, stream=None):
         'The same command again resumes from the checkpoint; raise '
         "experiment.train_steps (--gin_param='TRAIN_STEPS = N' with "
         'runs/base.gin) to train further.')
+  print('\n' + '\n'.join(lines))
+  return 0
+
+
+def _evaluator(args, exp, estimator):
+  """The evaluator task's run: it writes no operative config (the chief
+  does) and ends non-zero when the chief was lost."""
+  if args.mode == 'evaluate':
+    lines = evaluate(exp, estimator)
+  else:
+    try:
+      rounds = estimator.train_and_evaluate(
+          exp.model.train_input_fn, exp.model.eval_input_fn,
+          max_steps=exp.train_steps, eval_every_steps=exp.eval_every_steps,
+          eval_steps=exp.eval_steps, throttle_secs=exp.throttle_secs)
+    except task_server.LostTaskError as error:
+      print('hookestimator: %s' % error, file=sys.stderr)
+      return task_server.EXIT_LOST
+    lines = ['Evaluated %s at global step %d: %s' % (
+        estimator.model_dir, r['global_step'], _metrics(r)) for r in rounds]
   print('\n' + '\n'.join(lines))
   return 0
 

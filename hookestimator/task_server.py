@@ -130,7 +130,7 @@ class _Link(object):
   """A session from this task to `peer`: a probe, and what `build` adds
   (built on the chief's CPU)."""
 
-  def __init__(self, server_, cluster, peer, build=None):
+  def __init__(self, target, cluster, peer, build=None):
     self.peer = peer
     self.name = cluster.describe(peer)
     self.graph = tf.Graph()
@@ -139,9 +139,11 @@ class _Link(object):
         self.probe = tf.identity(tf.constant(0), name='probe')
       with tf.device(_cpu(('chief', 0))):
         self.ops = build() if build is not None else None
-    self._target = server_.target
-    self._config = v1.ConfigProto(device_filters=sorted(
-        {cluster_lib.task_name(cluster.task), cluster_lib.task_name(peer)}))
+    self._target = target
+    tasks = {cluster_lib.task_name(peer)}
+    if cluster.task[0] in cluster.jobs:  # Not an evaluator's, outside it.
+      tasks.add(cluster_lib.task_name(cluster.task))
+    self._config = v1.ConfigProto(device_filters=sorted(tasks))
     self.session = None
     self.connected = False
     self.health = Health()
@@ -243,7 +245,7 @@ class ChiefPeers(object):
 
   def __init__(self, server_, cluster):
     self._cluster = cluster
-    self._links = [_Link(server_, cluster, task)
+    self._links = [_Link(server_.target, cluster, task)
                    for task in cluster.peers]
     self._graph = tf.Graph()
     with self._graph.as_default(), tf.device(_cpu(('chief', 0))):
@@ -354,6 +356,66 @@ class ChiefPeers(object):
         return
 
 
+class ChiefWatch(object):
+  """A task outside the training cluster (an evaluator) watching its
+  chief through the chief's own server.
+
+  Each probe is a session of its own, made, run and closed on a daemon
+  thread joined with a deadline: the evaluator holds no session with the
+  chief between probes, so nothing is left to close with a chief that is
+  gone (closing one waits for it), and a probe that hangs is SILENT.
+  """
+
+  def __init__(self, cluster):
+    chief = ('chief', 0)
+    self.name = cluster.describe(chief)
+    self._target = 'grpc://' + cluster.address(chief)
+    self._graph = tf.Graph()
+    with self._graph.as_default(), tf.device(_cpu(chief)):
+      self._probe_op = tf.identity(tf.constant(0), name='probe')
+    self._config = v1.ConfigProto(
+        device_filters=[cluster_lib.task_name(chief)])
+    self.health = Health()
+
+  def _probe(self):
+    outcome = [SILENT]
+
+    def probe():
+      session = v1.Session(self._target, graph=self._graph,
+                           config=self._config)
+      try:
+        session.run(self._probe_op, options=_timeout(PROBE_SECS))
+        outcome[0] = ANSWERED
+      except tf.errors.OpError as error:
+        outcome[0] = outcome_of(error)
+      finally:
+        session.close()
+    thread = threading.Thread(target=probe, daemon=True,
+                              name='probe %s' % self.name)
+    thread.start()
+    thread.join(PROBE_SECS * 2)
+    return outcome[0]
+
+  def wait(self, timeout):
+    """Waits up to `timeout` seconds for the chief's first answer; raises
+    LostTaskError if it gives none."""
+    deadline = time.monotonic() + timeout
+    while self._probe() != ANSWERED:
+      if time.monotonic() > deadline:
+        raise LostTaskError(
+            'the chief %s did not answer within peer_timeout_secs=%g s; '
+            'start every task of the cluster and check that its address is '
+            'reachable' % (self.name, timeout))
+      time.sleep(RETRY_SECS)
+    self.health.record(ANSWERED)
+
+  def probe(self):
+    """Probes the chief once; its outcome (ANSWERED, REFUSED or SILENT).
+    `health.lost` tells when it is lost (REFUSALS_LOST refusals in a row,
+    or SILENT_SECS without an answer)."""
+    return self.health.record(self._probe())
+
+
 def lost_message(names):
   return ('lost task %s: it stopped answering, so the run stops here. '
           "Restart every task to resume from the chief's last checkpoint" %
@@ -409,7 +471,7 @@ def serve(cluster, server_, timeout):
     outbox = _outbox(peer)
     return (outbox.size(), outbox.dequeue(), _inbox().enqueue(answer),
             answer)
-  chief = _Link(server_, cluster, ('chief', 0), build)
+  chief = _Link(server_.target, cluster, ('chief', 0), build)
   waiting, take, give, answer = chief.ops
   deadline = time.monotonic() + timeout
   try:

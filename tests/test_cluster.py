@@ -241,8 +241,6 @@ def test_sigterm_to_the_chief_checkpoints_and_stops_every_task(tmp_path):
 @pytest.mark.parametrize('value, message', [
     ({'cluster': {'chief': ['a:1'], 'ps': ['b:2']},
       'task': {'type': 'chief'}}, "job 'ps' is not supported"),
-    ({'cluster': {'chief': ['a:1'], 'evaluator': ['b:2']},
-      'task': {'type': 'chief'}}, "job 'evaluator' is not supported"),
     ({'cluster': {'chief': ['a:1', 'c:3'], 'worker': ['b:2']},
       'task': {'type': 'chief'}}, 'exactly one "chief"'),
     ({'cluster': {'chief': ['a:1'], 'worker': ['b:99999']},
