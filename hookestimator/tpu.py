@@ -198,6 +198,8 @@ class TPUEstimator(estimator_lib.HookEstimator):
       replicas = config.num_replicas
     log.info('TPUEstimator(use_tpu=%r) runs on %s%s', bool(use_tpu), device,
              ' with %d replicas' % replicas if replicas > 1 else '')
+    # TPUEstimator evaluates model_fn as a TPU program when both are true.
+    self._evaluates_as_tpu = bool(use_tpu) and bool(eval_on_tpu)
     self._eval_device = (device if device != 'tpu' or eval_on_tpu else
                          choose_device(False))
     self._export_to_tpu = export_to_tpu
@@ -292,8 +294,17 @@ class TPUEstimator(estimator_lib.HookEstimator):
     # optimizer in CrossShardOptimizer only on a TPU sums its gradients.
     params = dict(params, use_tpu=(self._config.device == 'tpu' or
                                    self._config.num_replicas > 1))
-    spec = spec_lib.as_hook_spec(super(TPUEstimator, self)._call_model_fn(
-        features, labels, mode, params))
+    spec = super(TPUEstimator, self)._call_model_fn(
+        features, labels, mode, params)
+    if (mode == ModeKeys.EVAL and self._evaluates_as_tpu and
+        isinstance(spec, spec_lib.ESTIMATOR_SPEC_TYPES) and
+        spec.eval_metric_ops):
+      raise RuntimeError(
+          'estimator_spec used by TPU evaluation must have type'
+          '`TPUEstimatorSpec`. Got %s with eval_metric_ops %s: return '
+          'TPUEstimatorSpec(eval_metrics=(metric_fn, tensors))' %
+          (type(spec).__name__, sorted(spec.eval_metric_ops)))
+    spec = spec_lib.as_hook_spec(spec)
     if mode == ModeKeys.TRAIN and self._warm_start_from is not None:
       spec = spec._replace(scaffold_fn=_warm_starting(self._warm_start_from,
                                                       spec.scaffold_fn))

@@ -365,3 +365,25 @@ def test_input_fn_batch_sizes_per_input_pipeline_as_tpu_estimator(
   assert {mode: params['batch_size'] for mode, params in seen.items()} == {
       'train': 2, 'eval': 2, 'infer': 2}
   assert len(predictions) == 2 * input_batches['infer']
+
+
+def test_tpu_evaluation_of_metric_ops_raises_tpu_estimators_error(tmp_path):
+  # A head returning a plain EstimatorSpec with eval_metric_ops for EVAL:
+  # TPUEstimator evaluating as a TPU program (use_tpu and eval_on_tpu)
+  # raises RuntimeError "... must have type`TPUEstimatorSpec`".
+  recording = _params_recording_model_fn({})
+
+  def model_fn(features, labels, mode, params):
+    spec = recording(features, labels, mode, params)
+    if mode != tpu.ModeKeys.EVAL:
+      return spec
+    return tpu.EstimatorSpec(mode, loss=spec.loss, eval_metric_ops={
+        'mse': v1.metrics.mean_squared_error(labels, labels)})
+
+  est = tpu.TPUEstimator(
+      model_fn=model_fn, config=tpu.RunConfig(model_dir=str(tmp_path)),
+      train_batch_size=4, eval_batch_size=4)
+  est.train(_xy_input_fn, max_steps=1)
+  with pytest.raises(RuntimeError,
+                     match='TPU evaluation must have type`TPUEstimatorSpec`'):
+    est.evaluate(_xy_input_fn, steps=1)
