@@ -5,6 +5,7 @@ import tempfile
 
 import tensorflow as tf
 
+from hookestimator import compat
 from hookestimator import config as config_lib
 from hookestimator import evaluation
 from hookestimator import evaluator_task
@@ -288,14 +289,27 @@ class HookEstimator(object):
     every worker of `cluster`)."""
     return replicas.Plan(self._config.device, self._config.num_replicas,
                          global_batch, name,
-                         split_batches=getattr(self, '_split_batches', False),
+                         split_batches=self._splits_batches(name),
                          cluster=cluster)
+
+  def _splits_batches(self, batch_name):
+    """Whether input_fn's batches of `batch_name` are split over the
+    replicas (TPUEstimator's per-host input); here each replica reads its
+    own."""
+    del batch_name
+    return False
 
   def _call_input_fn(self, input_fn, params):
     """input_fn's dataset, built on the host."""
     with tf.device(device_feeds.HOST_DEVICE):
       return _call_with_optional(input_fn, (), {'params': params,
                                                 'config': self._config})
+
+  def _call_model_fn_for_export(self, features):
+    """model_fn's PREDICT graph for a SavedModel of serving `features`."""
+    return self._call_model_fn(
+        features, None, compat.ModeKeys.PREDICT,
+        dict(self.params, batch_size=self.predict_batch_size))
 
   def _call_model_fn(self, features, labels, mode, params):
     return signatures.call_model_fn(

@@ -189,9 +189,8 @@ def export_saved_model(estimator, export_dir_base, serving_input_receiver_fn,
     loop_lib.create_global_step(graph)
     receiver = serving_input_receiver_fn()
     _check_receiver(receiver)
-    params = dict(estimator.params, batch_size=estimator.predict_batch_size)
-    spec = spec_lib.as_hook_spec(estimator._call_model_fn(
-        receiver.features, None, ModeKeys.PREDICT, params))
+    spec = spec_lib.as_hook_spec(
+        estimator._call_model_fn_for_export(receiver.features))
     signatures = signature_defs(spec, receiver.receiver_tensors)
     scaffold = estimator._scaffold(spec, [])
     export_dir = _new_export_dir(export_dir_base)

@@ -174,7 +174,7 @@ class TPUEstimator(estimator_lib.HookEstimator):
                        '(as TPUEstimator requires): give train_batch_size')
     device = choose_device(bool(use_tpu))
     replicas = 1
-    split_batches = False
+    split_batches = {}  # By batch name; none split by default.
     if isinstance(config, RunConfig):
       if use_tpu and config.tpu_config.num_cores_per_replica and (
           config.tpu_config.per_host_input_for_training ==
@@ -189,11 +189,17 @@ class TPUEstimator(estimator_lib.HookEstimator):
       elif use_tpu:
         # No TPU here: num_shards replicas on the GPUs or CPU devices.
         replicas = config.tpu_config.num_shards or 1
-      split_batches = config.tpu_config.splits_batches(replicas)
+      split_batches = {
+          name: config.tpu_config.splits_batches(
+              replicas, training=name == 'train_batch_size')
+          for name in ('train_batch_size', 'eval_batch_size',
+                       'predict_batch_size')}
     else:
       replicas = config.num_replicas
     log.info('TPUEstimator(use_tpu=%r) runs on %s%s', bool(use_tpu), device,
              ' with %d replicas' % replicas if replicas > 1 else '')
+    # TPUEstimator evaluates model_fn as a TPU program when both are true.
+    self._evaluates_as_tpu = bool(use_tpu) and bool(eval_on_tpu)
     self._eval_device = (device if device != 'tpu' or eval_on_tpu else
                          choose_device(False))
     self._export_to_tpu = export_to_tpu
@@ -288,12 +294,32 @@ class TPUEstimator(estimator_lib.HookEstimator):
     # optimizer in CrossShardOptimizer only on a TPU sums its gradients.
     params = dict(params, use_tpu=(self._config.device == 'tpu' or
                                    self._config.num_replicas > 1))
-    spec = spec_lib.as_hook_spec(super(TPUEstimator, self)._call_model_fn(
-        features, labels, mode, params))
+    spec = super(TPUEstimator, self)._call_model_fn(
+        features, labels, mode, params)
+    if (mode == ModeKeys.EVAL and self._evaluates_as_tpu and
+        isinstance(spec, spec_lib.ESTIMATOR_SPEC_TYPES) and
+        spec.eval_metric_ops):
+      raise RuntimeError(
+          'estimator_spec used by TPU evaluation must have type'
+          '`TPUEstimatorSpec`. Got %s with eval_metric_ops %s: return '
+          'TPUEstimatorSpec(eval_metrics=(metric_fn, tensors))' %
+          (type(spec).__name__, sorted(spec.eval_metric_ops)))
+    spec = spec_lib.as_hook_spec(spec)
     if mode == ModeKeys.TRAIN and self._warm_start_from is not None:
       spec = spec._replace(scaffold_fn=_warm_starting(self._warm_start_from,
                                                       spec.scaffold_fn))
     return spec
+
+  def _splits_batches(self, batch_name):
+    return self._split_batches.get(batch_name, False)
+
+  def _call_model_fn_for_export(self, features):
+    # As TPUEstimator exports its CPU graph: params are the program's own
+    # with use_tpu False, and no batch_size (a serving batch has any size).
+    self._set_seed()
+    return estimator_lib.HookEstimator._call_model_fn(  # pylint: disable=protected-access
+        self, features, None, ModeKeys.PREDICT,
+        dict(self.params, use_tpu=False))
 
 
 def _warm_starting(warm_start_from, scaffold_fn):

@@ -164,17 +164,21 @@ class TPUConfig(
     """iterations_per_loop as a LoopLength (steps or seconds)."""
     return parse_iterations_per_loop(self.iterations_per_loop)
 
-  def splits_batches(self, replicas):
+  def splits_batches(self, replicas, training=True):
     """Whether input_fn's batches are split over `replicas` replicas
-    (PER_HOST_V1) rather than each replica reading its own; raises for the
-    modes several replicas cannot honour."""
+    rather than each replica reading its own: in training with PER_HOST_V1;
+    in evaluation and prediction with every mode but PER_HOST_V2, as
+    TPUEstimator reads PER_SHARD_V1 input per core in training only. Raises
+    for the modes several replicas cannot honour."""
     mode = self.per_host_input_for_training
     if replicas > 1 and mode in (InputPipelineConfig.BROADCAST,
                                  InputPipelineConfig.SLICED):
       _reject('per_host_input_for_training', mode, 'BROADCAST and SLICED '
               'input serve model parallelism; with %d replicas use '
               'PER_HOST_V1 or PER_HOST_V2' % replicas)
-    return mode == InputPipelineConfig.PER_HOST_V1
+    if training:
+      return mode == InputPipelineConfig.PER_HOST_V1
+    return mode != InputPipelineConfig.PER_HOST_V2
 
   def check_one_core(self):
     """Raises if this config needs more than the one TPU core that runs

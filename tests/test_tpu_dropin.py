@@ -282,3 +282,108 @@ def test_a_missing_batch_size_is_named_when_needed(tmp_path):
     est.train(models.train_input_fn, steps=1)
   with pytest.raises(ValueError, match='eval needs a batch size'):
     est.evaluate(models.train_input_fn, steps=1)
+
+
+def _params_recording_model_fn(seen):
+  """A public program's model_fn: a feature dict, a default-named layer,
+  and params read as TPUEstimator gives them in each mode."""
+  def model_fn(features, labels, mode, params):
+    seen[mode] = dict(params)
+    with v1.variable_scope(None, default_name='dense'):
+      kernel = v1.get_variable('kernel', [2, 1],
+                               initializer=v1.ones_initializer())
+    predictions = tf.matmul(features['x'], kernel)
+    if mode == tpu.ModeKeys.PREDICT:
+      return tpu.TPUEstimatorSpec(mode, predictions={'y': predictions})
+    loss = v1.losses.mean_squared_error(labels, predictions)
+    optimizer = v1.train.GradientDescentOptimizer(0.1)
+    if params['use_tpu']:
+      optimizer = tpu.CrossShardOptimizer(optimizer)
+    train_op = optimizer.minimize(loss, v1.train.get_global_step())
+    return tpu.TPUEstimatorSpec(mode, loss=loss, train_op=train_op)
+  return model_fn
+
+
+def _xy_input_fn(params):
+  x = np.ones((8, 2), np.float32)
+  return tf.data.Dataset.from_tensor_slices(({'x': x}, x[:, :1])).repeat(
+  ).batch(params['batch_size'], drop_remainder=True)
+
+
+def _x_serving_input_fn():
+  x = v1.placeholder(tf.float32, [None, 2], name='x')
+  return tpu.export.ServingInputReceiver({'x': x}, {'x': x})
+
+
+@pytest.mark.parametrize('use_tpu', [False, True])
+def test_export_gives_model_fn_the_programs_params_without_a_batch_size(
+    tmp_path, use_tpu):
+  # TPUEstimator exports its CPU graph with params['use_tpu'] False and no
+  # params['batch_size'], however it trains: a serving batch has any size.
+  seen = {}
+  est = tpu.TPUEstimator(
+      model_fn=_params_recording_model_fn(seen), use_tpu=use_tpu,
+      config=tpu.RunConfig(model_dir=str(tmp_path / 'model'),
+                           tpu_config=tpu.TPUConfig(num_shards=2)),
+      train_batch_size=4, predict_batch_size=2, params={'hidden': 3})
+  est.train(_xy_input_fn, max_steps=1)
+  assert seen['train']['batch_size'] == (2 if use_tpu else 4)
+  export_dir = est.export_saved_model(str(tmp_path / 'export'),
+                                      _x_serving_input_fn)
+  assert seen['infer'] == {'hidden': 3, 'use_tpu': False}
+  assert os.path.isdir(export_dir)
+
+
+@pytest.mark.parametrize('per_host_input,input_batches', [
+    (False, {'train': 2, 'eval': 4, 'infer': 4}),  # PER_SHARD_V1
+    (True, {'train': 4, 'eval': 4, 'infer': 4}),  # PER_HOST_V1
+    (tpu.InputPipelineConfig.PER_HOST_V2, {'train': 2, 'eval': 2,
+                                           'infer': 2}),
+])
+def test_input_fn_batch_sizes_per_input_pipeline_as_tpu_estimator(
+    tmp_path, per_host_input, input_batches):
+  # TPUEstimator reads PER_SHARD_V1 input per core in training only: its
+  # evaluation and prediction input_fn gets the whole batch, split over the
+  # replicas, as PER_HOST_V1's; PER_HOST_V2 reads per core in every mode.
+  seen, input_seen = {}, {}
+
+  def input_fn(mode):
+    def batches(params):
+      input_seen[mode] = params['batch_size']
+      return _xy_input_fn(params).take(2)
+    return batches
+
+  est = tpu.TPUEstimator(
+      model_fn=_params_recording_model_fn(seen),
+      config=tpu.RunConfig(model_dir=str(tmp_path), tpu_config=tpu.TPUConfig(
+          num_shards=2, per_host_input_for_training=per_host_input)),
+      train_batch_size=4, eval_batch_size=4, predict_batch_size=4)
+  est.train(input_fn('train'), max_steps=1)
+  est.evaluate(input_fn('eval'), steps=1)
+  predictions = list(est.predict(input_fn('infer')))
+  assert input_seen == input_batches
+  assert {mode: params['batch_size'] for mode, params in seen.items()} == {
+      'train': 2, 'eval': 2, 'infer': 2}
+  assert len(predictions) == 2 * input_batches['infer']
+
+
+def test_tpu_evaluation_of_metric_ops_raises_tpu_estimators_error(tmp_path):
+  # A head returning a plain EstimatorSpec with eval_metric_ops for EVAL:
+  # TPUEstimator evaluating as a TPU program (use_tpu and eval_on_tpu)
+  # raises RuntimeError "... must have type`TPUEstimatorSpec`".
+  recording = _params_recording_model_fn({})
+
+  def model_fn(features, labels, mode, params):
+    spec = recording(features, labels, mode, params)
+    if mode != tpu.ModeKeys.EVAL:
+      return spec
+    return tpu.EstimatorSpec(mode, loss=spec.loss, eval_metric_ops={
+        'mse': v1.metrics.mean_squared_error(labels, labels)})
+
+  est = tpu.TPUEstimator(
+      model_fn=model_fn, config=tpu.RunConfig(model_dir=str(tmp_path)),
+      train_batch_size=4, eval_batch_size=4)
+  est.train(_xy_input_fn, max_steps=1)
+  with pytest.raises(RuntimeError,
+                     match='TPU evaluation must have type`TPUEstimatorSpec`'):
+    est.evaluate(_xy_input_fn, steps=1)
