@@ -23,6 +23,15 @@ constant. Printed per run:
 
 `--profile` prints, per run, the functions with the most cumulative time
 in train() (cProfile), for finding where a larger array costs time.
+
+`--parts` times, instead, each step that reads the array, one child per
+size: building the constant (`from_tensor_slices`), the graph's
+definition (TensorFlow's `as_graph_def`, and graph_structure's copy
+without large values), the input fingerprint, the event file's graph as
+hookestimator writes it and as `FileWriter(graph=...)` did (graph and meta
+graph with every value), and the iterator's initialisation in a session,
+with TensorFlow's graph optimizer (grappler) on, as every run has it, and
+off.
 """
 from __future__ import absolute_import, division, print_function
 
@@ -112,9 +121,55 @@ def run_child(system, mb, steps, model_dir, profile):
   if profiler is not None:
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats('cumulative').print_stats(
-        25)
+        60)
     sys.stderr.write(out.getvalue())
   print(RESULT_PREFIX + json.dumps({'train_seconds': seconds}))
+  sys.stdout.flush()
+
+
+def run_parts(mb, root):
+  """Times each step that reads the array; prints one line per step."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from hookestimator import event_writer  # pylint: disable=g-import-not-at-top
+  from hookestimator import graph_structure  # pylint: disable=g-import-not-at-top
+  from hookestimator import input_position  # pylint: disable=g-import-not-at-top
+  v1 = tf.compat.v1
+  v1.logging.set_verbosity(v1.logging.ERROR)
+  array = _array(mb)
+  parts = []
+
+  def timed(label, function):
+    start = time.monotonic()
+    result = function()
+    parts.append((label, time.monotonic() - start))
+    return result
+
+  for grappler in (True, False):
+    with tf.Graph().as_default() as graph:
+      dataset = timed('from_tensor_slices (the constant)',
+                      lambda: _input_fn(array)({}))
+      iterator = v1.data.make_initializable_iterator(dataset)
+      if grappler:
+        timed('as_graph_def (TensorFlow)', graph.as_graph_def)
+        timed('graph_structure.graph_def',
+              lambda: graph_structure.graph_def(graph))
+        timed('input fingerprint', lambda: input_position.fingerprint(
+            graph, iterator.initializer.inputs[0]))
+        directory = tempfile.mkdtemp(dir=root)
+        timed('event file graph, FileWriter(graph=)', lambda: v1.summary.
+              FileWriter(directory, graph=graph).close())
+        writer = event_writer.EventWriter(directory, graph)
+        timed('event file graph, EventWriter', lambda: writer.add_summary(
+            event_writer.text_summary('t', 'x'), 0))
+        writer.close()
+      config = v1.ConfigProto()
+      config.graph_options.rewrite_options.disable_meta_optimizer = (
+          not grappler)
+      with v1.Session(config=config) as session:
+        timed('iterator init, grappler %s' % ('on' if grappler else 'off'),
+              lambda: session.run(iterator.initializer))
+  print(RESULT_PREFIX + json.dumps({'parts': parts}))
   sys.stdout.flush()
 
 
@@ -185,6 +240,30 @@ def format_row(row):
       row['process_seconds'])
 
 
+def _child_result(command):
+  out = subprocess.run(command, stdout=subprocess.PIPE, check=True).stdout
+  line = [l for l in out.decode('utf-8', 'replace').splitlines()
+          if l.startswith(RESULT_PREFIX)][-1]
+  return json.loads(line[len(RESULT_PREFIX):])
+
+
+def print_parts(sizes):
+  """Runs one parts child per size; prints seconds per step and size."""
+  root = tempfile.mkdtemp(prefix='big_constants_')
+  try:
+    columns = [_child_result([
+        sys.executable, '-m', 'bench.big_constants', '--child', 'parts',
+        '--mb', str(mb), '--model_dir', root])['parts'] for mb in sizes]
+  finally:
+    shutil.rmtree(root, ignore_errors=True)
+  print('| seconds | ' + ' | '.join('%g MB' % mb for mb in sizes) + ' |')
+  print('|---|' + '---:|' * len(sizes))
+  for index, (label, _) in enumerate(columns[0]):
+    print('| %s | %s |' % (label, ' | '.join(
+        '%.2f' % column[index][1] for column in columns)))
+  return 0
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--mb', type=float, nargs='+', default=[16, 128, 512],
@@ -192,11 +271,16 @@ def main(argv=None):
   parser.add_argument('--steps', type=int, default=100)
   parser.add_argument('--profile', action='store_true',
                       help='print each run\'s cProfile of train()')
+  parser.add_argument('--parts', action='store_true',
+                      help='time each step that reads the array instead')
   parser.add_argument('--child', help=argparse.SUPPRESS)
   parser.add_argument('--model_dir', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.steps < 1 or any(mb <= 0 for mb in args.mb):
     parser.error('--steps and --mb must be positive')
+  if args.child == 'parts':
+    run_parts(args.mb[0], args.model_dir)
+    return 0
   if args.child:
     run_child(args.child, args.mb[0], args.steps, args.model_dir,
               args.profile)
@@ -204,6 +288,8 @@ def main(argv=None):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   print('TensorFlow %s, Python %s, %d steps, batch %d' % (
       tf.__version__, sys.version.split()[0], args.steps, BATCH_SIZE))
+  if args.parts:
+    return print_parts(args.mb)
   names = systems()
   if len(names) == 1:
     print('tf.estimator does not exist on this line (no '

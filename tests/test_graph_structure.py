@@ -51,10 +51,10 @@ def test_the_live_graph_keeps_its_values():
     assert session.run('big:0')[63, 63] == 4095
 
 
-@pytest.mark.parametrize('size, stripped', [(250, 0), (260, 1)])
-def test_the_threshold_is_one_kibibyte_serialized(size, stripped):
+@pytest.mark.parametrize('size, stripped', [(256, 0), (257, 1)])
+def test_the_threshold_is_one_kibibyte_of_values(size, stripped):
   with tf.Graph().as_default() as graph:
-    tf.constant(np.ones(size, np.float32))
+    tf.constant(np.arange(size, dtype=np.float32))
   definition = graph.as_graph_def()
   assert graph_structure.strip_large_constants(definition) == stripped
 
@@ -73,6 +73,15 @@ def test_constants_inside_functions_are_stripped_too():
            n.attr['value'].tensor.tensor_shape.dim[0].size == 1000]
   assert inner and not inner[0].attr['value'].tensor.tensor_content
   assert structure.ByteSize() < full.ByteSize() - 3000
+
+
+def test_large_string_constants_are_stripped_too():
+  with tf.Graph().as_default() as graph:
+    tf.constant(['x' * 600, 'y' * 600], name='strings')
+    tf.constant(['x' * 10, 'y' * 10], name='short')
+  structure = graph_structure.graph_def(graph)
+  assert not _const(structure, 'strings').attr['value'].tensor.string_val
+  assert len(_const(structure, 'short').attr['value'].tensor.string_val) == 2
 
 
 def test_sub_graph_def_keeps_only_what_computes_the_outputs():
