@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from hookestimator import config as config_lib
 from hookestimator import device_feeds
+from hookestimator import graph_structure
 from hookestimator import input_position
 from hookestimator import task_server
 from hookestimator.compat import v1
@@ -234,7 +235,7 @@ def check_runs_remotely(datasets):
   """Raises ValueError if the pipelines of `datasets` (of one graph) call
   Python (tf.py_function, tf.numpy_function, Dataset.from_generator): a
   feeder runs the pipeline's ops, not the trainer's Python."""
-  graph_def = datasets[0]._variant_tensor.graph.as_graph_def()  # pylint: disable=protected-access
+  graph_def = graph_structure.graph_def(datasets[0]._variant_tensor.graph)  # pylint: disable=protected-access
   nodes = list(graph_def.node) + [
       node for function in graph_def.library.function
       for node in function.node_def]

@@ -7,7 +7,10 @@ data stream where the checkpoint was taken: every example is read once per
 epoch however often the run is killed and resumed.
 
 The state is stored in the checkpoint under a key naming a fingerprint of
-the input pipeline (the graph that makes the dataset, its data included).
+the input pipeline (the graph that makes the dataset, its data included;
+a constant over graph_structure.LARGE_CONSTANT_BYTES, such as an in-memory
+array given to `from_tensor_slices`, counts by its dtype and shape only,
+so hashing the pipeline does not read the whole array).
 TensorFlow rebuilds the saved pipeline when it restores an iterator, so a
 state is restored only into the same pipeline; a different input_fn starts
 from its beginning. A pipeline whose state cannot be serialized (one that
@@ -21,6 +24,7 @@ import tensorflow as tf
 from tensorflow.python.training.saving import saveable_object
 
 from hookestimator import compat
+from hookestimator import graph_structure
 from hookestimator.compat import v1
 
 log = logging.getLogger(__name__)
@@ -38,12 +42,15 @@ def fingerprint(graph, dataset, named=True):
   `named`, of its ops and data only, not their names and devices (two
   pipelines built alike in one graph have the same).
 
+  Constants over graph_structure.LARGE_CONSTANT_BYTES count by their
+  dtype and shape, not their values: two pipelines that differ only in
+  the values of a large array have the same digest.
+
   Function names carry process-wide counters, so each function reachable
   from the dataset is renamed by its order of first use before hashing:
   the same input_fn gives the same digest in any graph or process.
   """
-  graph_def = v1.graph_util.extract_sub_graph(graph.as_graph_def(),
-                                              [dataset.op.name])
+  graph_def = graph_structure.sub_graph_def(graph, [dataset.op.name])
   functions = {f.signature.name: f for f in graph_def.library.function}
   renamed = {}
 

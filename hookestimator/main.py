@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 # carries as hookestimator/configs, in a checkout and when installed.
 GIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
 EXIT_CONFIG_ERROR = 2
+# TensorBoard's tag for the operative config of a training run.
+OPERATIVE_CONFIG_TAG = 'gin/operative_config'
 MODES = ('train', 'evaluate', 'predict', 'train_and_evaluate', 'feed')
 
 # The root injection sites: the estimator and its run config (the
@@ -175,8 +177,8 @@ def check_writable(model_dir):
 
 def save_operative_config(model_dir, step):
   """Writes gin's operative config as a file (operative_config-<step>.gin,
-  or -<step>-2.gin and so on after other runs at that step) and a
-  TensorBoard text summary at `step`; returns the file's path."""
+  or -<step>-2.gin and so on after other runs at that step); returns
+  (the file's path, the config's text)."""
   text = gin.operative_config_str()
   tf.io.gfile.makedirs(model_dir)
   path = os.path.join(model_dir, 'operative_config-%d.gin' % step)
@@ -187,17 +189,13 @@ def save_operative_config(model_dir, step):
                                                                    again))
   with tf.io.gfile.GFile(path, 'w') as f:
     f.write(text)
-  summary = v1.Summary()
-  value = summary.value.add(tag='gin/operative_config')
-  value.metadata.plugin_data.plugin_name = 'text'
-  value.tensor.CopyFrom(tf.make_tensor_proto(
-      '    ' + text.replace('\n', '\n    ')))  # markdown: keep as code
-  writer = event_writer.EventWriter(model_dir)
-  try:
-    writer.add_summary(summary, step)
-  finally:
-    writer.close()
-  return path
+  return path, text
+
+
+def operative_config_hook(text, step):
+  """The hook that writes the operative config `text` as a TensorBoard text
+  summary at `step`, through the training run's own event file."""
+  return event_writer.TextSummaryHook(OPERATIVE_CONFIG_TAG, text, step)
 
 
 def configure(argv):
@@ -253,18 +251,18 @@ def is_worker(estimator):
   return cluster is not None and not cluster.is_chief
 
 
-def train(exp, estimator, stream=None):
+def train(exp, estimator, stream=None, run_hooks=()):
   """Trains to exp.train_steps; returns the lines that report it."""
   progress = ProgressHook(exp.train_steps, estimator.train_batch_size,
                           stream=stream)
   estimator.train(exp.model.train_input_fn, max_steps=exp.train_steps,
-                  hooks=[progress] + exp.hooks)
+                  hooks=[progress] + list(run_hooks) + exp.hooks)
   return _trained(estimator, progress)
 
 
-def evaluate(exp, estimator, stream=None):
+def evaluate(exp, estimator, stream=None, run_hooks=()):
   """Evaluates the latest checkpoint on the held-out data."""
-  del stream  # evaluation is short; no progress bar
+  del stream, run_hooks  # evaluation is short; no progress bar
   results = estimator.evaluate(exp.model.eval_input_fn, steps=exp.eval_steps)
   return ['Evaluated %s at global step %d: %s' % (
       estimator.model_dir, results['global_step'], _metrics(results)),
@@ -272,9 +270,9 @@ def evaluate(exp, estimator, stream=None):
                                             estimator.model_dir)]
 
 
-def predict(exp, estimator, stream=None):
+def predict(exp, estimator, stream=None, run_hooks=()):
   """Writes the predictions on the held-out data as JSON lines."""
-  del stream
+  del stream, run_hooks
   step = estimator.checkpoint_step()
   path = os.path.join(estimator.model_dir, 'predictions-%d.jsonl' % step)
   count = 0
@@ -286,14 +284,15 @@ def predict(exp, estimator, stream=None):
           '  predictions: %s' % path]
 
 
-def train_and_evaluate(exp, estimator, stream=None):
+def train_and_evaluate(exp, estimator, stream=None, run_hooks=()):
   """Trains to exp.train_steps, evaluating every exp.eval_every_steps."""
   progress = ProgressHook(exp.train_steps, estimator.train_batch_size,
                           stream=stream)
   rounds = estimator.train_and_evaluate(
       exp.model.train_input_fn, exp.model.eval_input_fn,
       max_steps=exp.train_steps, eval_every_steps=exp.eval_every_steps,
-      eval_steps=exp.eval_steps, hooks=[progress] + exp.hooks)
+      eval_steps=exp.eval_steps,
+      hooks=[progress] + list(run_hooks) + exp.hooks)
   return _trained(estimator, progress) + [
       '  eval at step %d: %s' % (r['global_step'], _metrics(r))
       for r in rounds]
@@ -331,11 +330,14 @@ def main(argv=None, stream=None):
     estimator.train(exp.model.train_input_fn, max_steps=exp.train_steps)
   if estimator.config.evaluator is not None:
     return _evaluator(args, exp, estimator)
-  config_path = save_operative_config(args.model_dir,
-                                      estimator.checkpoint_step())
+  step = estimator.checkpoint_step()
+  config_path, config_text = save_operative_config(args.model_dir, step)
   run_mode = {'train': train, 'evaluate': evaluate, 'predict': predict,
               'train_and_evaluate': train_and_evaluate}[args.mode]
-  lines = run_mode(exp, estimator, stream)
+  # A training run also shows the config in TensorBoard, from its one
+  # event file; evaluate and predict keep it in the .gin file alone.
+  lines = run_mode(exp, estimator, stream,
+                   run_hooks=[operative_config_hook(config_text, step)])
   lines.append('  operative config: %s' % config_path)
   if args.mode in ('train', 'train_and_evaluate'):
     lines.append(

@@ -92,6 +92,11 @@ class Training(object):
     # Opens its event file at the first summary: nothing is written to
     # model_dir before the first step, and closing it ends its thread.
     self._writer = event_writer.EventWriter(model_dir, self.graph)
+    # The run's one event file: hooks with something of their own to show
+    # in TensorBoard write it through the run's writer.
+    for hook in user_hooks:
+      if isinstance(hook, event_writer.TextSummaryHook):
+        hook.use_writer(self._writer)
     reader = OutfeedReader(outfeed, device_loop.host_call, self._writer)
     self._rendezvous = ErrorRendezvous()
     loop_state = loop_lib.LoopState()

@@ -90,3 +90,19 @@ def test_fingerprint_names_the_pipeline_not_the_graph():
   assert fingerprint(np.arange(8.), 2.) == same
   assert fingerprint(np.arange(8.) + 1, 2.) != same
   assert fingerprint(np.arange(8.), 3.) != same
+
+
+def test_fingerprint_counts_a_large_array_by_dtype_and_shape():
+  def fingerprint(data):
+    with tf.Graph().as_default() as graph:
+      dataset = tf.data.Dataset.from_tensor_slices(data)
+      iterator = v1.data.make_initializable_iterator(dataset)
+      return input_position.fingerprint(graph,
+                                        iterator.initializer.inputs[0])
+  big = np.zeros([1000, 4], np.float32)
+  same = fingerprint(big)
+  # Over graph_structure.LARGE_CONSTANT_BYTES the values do not count...
+  assert fingerprint(big + 1) == same
+  # ... the dtype and shape do.
+  assert fingerprint(np.zeros([1000, 5], np.float32)) != same
+  assert fingerprint(np.zeros([1000, 4], np.float64)) != same

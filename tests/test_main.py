@@ -56,6 +56,8 @@ def test_tiny_run_writes_checkpoint_operative_config_and_events(
   assert 'experiment.model = @digits_mlp()' in operative
   assert 'TRAIN_STEPS = 60' in operative
   assert 'RunConfig.iterations_per_loop = 20' in operative
+  # One event file per run: the config's text summary is in the run's.
+  assert len(_event_files(tmp_path)) == 1
   texts = text_summaries(tmp_path)
   assert 'TRAIN_STEPS = 60' in texts[('gin/operative_config', 0)]
   scalars = read_scalars(tmp_path)
@@ -200,6 +202,11 @@ def test_evaluate_mode_reports_held_out_accuracy(tmp_path, capsys):
   out = capsys.readouterr().out
   assert 'Evaluated %s at global step 60: accuracy 0.' % tmp_path in out
   assert read_scalars(tmp_path / 'eval')['accuracy'][60] > 0.5
+  # Evaluation keeps its config in the .gin file: no event file of its own
+  # in model_dir, and its results in eval/'s one file.
+  assert len(_event_files(tmp_path)) == 1
+  assert len(_event_files(tmp_path / 'eval')) == 1
+  assert os.path.exists(str(tmp_path / 'operative_config-60.gin'))
 
 
 def test_predict_mode_writes_every_held_out_example(tmp_path, capsys):
@@ -207,6 +214,8 @@ def test_predict_mode_writes_every_held_out_example(tmp_path, capsys):
   assert run_main(tmp_path, *TINY) == 0
   assert run_mode('predict', tmp_path, *TINY) == 0
   assert 'Predicted 297 held-out examples' in capsys.readouterr().out
+  assert len(_event_files(tmp_path)) == 1
+  assert os.path.exists(str(tmp_path / 'operative_config-60.gin'))
   with open(str(tmp_path / 'predictions-60.jsonl')) as f:
     rows = [json.loads(line) for line in f]
   assert len(rows) == 297
@@ -221,6 +230,9 @@ def test_train_and_evaluate_mode_evaluates_every_n_steps(tmp_path, capsys):
   for step in (20, 40, 60):
     assert 'eval at step %d: accuracy' % step in out
   assert sorted(read_scalars(tmp_path / 'eval')['accuracy']) == [20, 40, 60]
+  assert len(_event_files(tmp_path)) == 1
+  assert 'TRAIN_STEPS = 60' in text_summaries(tmp_path)[
+      ('gin/operative_config', 0)]
   assert run_mode('train_and_evaluate', tmp_path, *(TINY + [
       '--gin_param=experiment.eval_every_steps = None'])) == (
           main_lib.EXIT_CONFIG_ERROR)
