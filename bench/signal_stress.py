@@ -320,7 +320,7 @@ def run(args, report=print):
   # The longest ready-to-exit time seen per kind, from runs that ended
   # before their signal: signals land from just after the import to just
   # before the exit.
-  longest = collections.defaultdict(lambda: args.first_window)
+  longest = {}
   records = []
   load = start_load(args.load)
   try:
@@ -328,11 +328,12 @@ def run(args, report=print):
       for index in range(args.runs):
         mode, feeding = KINDS[index % len(KINDS)]
         signal_number = rng.choice(SIGNALS)
-        delay = rng.uniform(0, 1.1 * longest[mode, feeding])
+        delay = rng.uniform(
+            0, 1.1 * longest.get((mode, feeding), args.first_window))
         record = run_one(index, mode, feeding, signal_number, delay, out_dir,
                          args)
         if record.get('code') == 0 and not record.get('signalled', True):
-          longest[mode, feeding] = max(longest[mode, feeding],
+          longest[mode, feeding] = max(longest.get((mode, feeding), 0),
                                        record['seconds'])
         record['outcome'] = outcome(record)
         records.append(record)
