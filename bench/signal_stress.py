@@ -354,10 +354,10 @@ def run(args, report=print):
 def summary(records, args, out_dir):
   counts = collections.Counter(r['outcome'] for r in records)
   lines = [
-      'Signal stress: TensorFlow %s, Python %s, %d runs, load %d, deadline '
-      '%d s, resume check %s; logs in %s' % (
+      'Signal stress: TensorFlow %s, Python %s, %d runs, load %d, '
+      'trainings of %d steps, deadline %d s, resume check %s; logs in %s' % (
           tf.__version__, '.'.join(map(str, sys.version_info[:3])),
-          len(records), args.load, args.deadline,
+          len(records), args.load, args.max_steps, args.deadline,
           ('%d steps' % args.resume_steps) if args.resume_steps else 'off',
           out_dir),
       'hangs %d, bad exit codes %d, inconsistent checkpoints %d' % (
@@ -385,7 +385,9 @@ def parse_args(argv=None):
                       help='busy-loop processes beside the runs')
   parser.add_argument('--deadline', type=float, default=60,
                       help='seconds from the signal to the exit')
-  parser.add_argument('--max-steps', type=int, default=40)
+  parser.add_argument('--max-steps', type=int, default=200,
+                      help='steps of a training run (more put more of the '
+                      'signals inside train())')
   parser.add_argument('--resume-steps', type=int, default=10,
                       help='steps a resumed run trains after a training '
                       'run (0: no resume check)')
