@@ -13,6 +13,8 @@ feeding paths (the device loop reading its input itself, or the infeed
 thread), cycling through all eight. Once the child reports that it has
 imported everything, the run waits a random time, from none to a little
 over the longest run of that kind seen so far, and sends SIGINT or SIGTERM.
+(The first run of each kind is not signalled: it measures how long such
+a run lasts on this machine under this load.)
 Meanwhile `--load` busy-loop processes keep the cores loaded.
 
 A run is judged on:
@@ -232,7 +234,7 @@ def run_one(index, mode, feeding, signal_number, delay, out_dir, args):
                  '--save-steps', 10], stderr_path)
   record = dict(run=index, mode=mode, feeding=feeding, delay=delay,
                 signal=None if signal_number is None else
-                signal.Signals(signal_number).name)
+                signal.Signals(signal_number).name, signalled=False)
   try:
     ready = child.wait_for('ready', START_TIMEOUT_SECS)
     ready_at = time.monotonic()
@@ -286,6 +288,8 @@ def outcome(record):
     return 'hang'
   if record['bad_exit']:
     return 'bad_exit'
+  if record['signal'] is None:
+    return 'unsignalled'
   if record.get('checkpoint_problems'):
     return 'inconsistent'
   code = record['code']
@@ -330,9 +334,13 @@ def run(args, report=print):
         signal_number = rng.choice(SIGNALS)
         delay = rng.uniform(
             0, 1.1 * longest.get((mode, feeding), args.first_window))
+        if args.calibrate and (mode, feeding) not in longest:
+          # The first run of a kind is not signalled: it measures the
+          # window the later ones' signals are spread over.
+          signal_number = delay = None
         record = run_one(index, mode, feeding, signal_number, delay, out_dir,
                          args)
-        if record.get('code') == 0 and not record.get('signalled', True):
+        if record.get('code') == 0 and not record['signalled']:
           longest[mode, feeding] = max(longest.get((mode, feeding), 0),
                                        record['seconds'])
         record['outcome'] = outcome(record)
@@ -341,8 +349,9 @@ def run(args, report=print):
         log_file.flush()
         if args.verbose or record['outcome'] in ('hang', 'bad_exit',
                                                  'inconsistent'):
-          report('run %d %s/%s %s after %.2f s: %s %s' % (
-              index, mode, feeding, record['signal'], delay,
+          report('run %d %s/%s %s after %s s: %s %s' % (
+              index, mode, feeding, record['signal'],
+              '-' if delay is None else '%.2f' % delay,
               record['outcome'], record.get('dump') or
               record.get('checkpoint_problems') or record.get('code')))
   finally:
@@ -362,17 +371,20 @@ def summary(records, args, out_dir):
           out_dir),
       'hangs %d, bad exit codes %d, inconsistent checkpoints %d' % (
           counts['hang'], counts['bad_exit'], counts['inconsistent']),
-      '%-20s %-14s %5s %9s %8s %8s %5s %8s %12s' % (
-          'mode', 'feeding', 'runs', 'finished', 'stopped', 'default',
-          'hangs', 'bad exit', 'inconsistent')]
+      '%-20s %-14s %5s %6s %9s %8s %8s %5s %8s %12s' % (
+          'mode', 'feeding', 'runs', 'unsig', 'finished', 'stopped',
+          'default', 'hangs', 'bad exit', 'inconsistent')]
   for mode, feeding in KINDS:
     kind = collections.Counter(r['outcome'] for r in records
                                if (r['mode'], r['feeding']) == (mode, feeding))
-    lines.append('%-20s %-14s %5d %9d %8d %8d %5d %8d %12d' % (
-        mode, feeding, sum(kind.values()), kind['finished'], kind['stopped'],
+    lines.append('%-20s %-14s %5d %6d %9d %8d %8d %5d %8d %12d' % (
+        mode, feeding, sum(kind.values()), kind['unsignalled'],
+        kind['finished'], kind['stopped'],
         kind['default_action'], kind['hang'], kind['bad_exit'],
         kind['inconsistent']))
-  lines.append('finished: ended before the signal (0); stopped: train() '
+  lines.append('unsig: the first run of a kind, not signalled (it measures '
+               'the window); finished: ended before the signal (0); '
+               'stopped: train() '
                'stopped and checkpointed (128 + signal); default: the '
                "signal's own action outside train()")
   return '\n'.join(lines)
@@ -394,6 +406,10 @@ def parse_args(argv=None):
   parser.add_argument('--first-window', type=float, default=8.0,
                       help='seconds after ready a signal may land until a '
                       'run of that kind has been seen to end')
+  parser.add_argument('--no-calibrate', dest='calibrate',
+                      action='store_false',
+                      help='signal the first run of each kind too (its '
+                      'window is then --first-window)')
   parser.add_argument('--seed', type=int, default=None)
   parser.add_argument('--out', default=None, help='directory for the logs')
   parser.add_argument('--verbose', action='store_true')
