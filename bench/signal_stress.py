@@ -326,6 +326,8 @@ def run(args, report=print):
   # before the exit.
   longest = {}
   records = []
+  with open(os.path.join(out_dir, 'args.json'), 'w') as f:
+    json.dump(vars(args), f)
   load = start_load(args.load)
   try:
     with open(os.path.join(out_dir, 'runs.jsonl'), 'a') as log_file:
@@ -354,10 +356,23 @@ def run(args, report=print):
               '-' if delay is None else '%.2f' % delay,
               record['outcome'], record.get('dump') or
               record.get('checkpoint_problems') or record.get('code')))
+  except SystemExit:
+    report('Stopped after %d runs.' % len(records))
+    raise
   finally:
     stop_load(load)
-  report(summary(records, args, out_dir))
+    report(summary(records, args, out_dir))
   return records
+
+
+def summary_of(out_dir):
+  """The summary of the runs recorded in out_dir (of a bench that may
+  have been stopped)."""
+  with open(os.path.join(out_dir, 'args.json')) as f:
+    args = argparse.Namespace(**json.load(f))
+  with open(os.path.join(out_dir, 'runs.jsonl')) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  return summary(records, args, out_dir)
 
 
 def summary(records, args, out_dir):
@@ -413,7 +428,11 @@ def parse_args(argv=None):
   parser.add_argument('--seed', type=int, default=None)
   parser.add_argument('--out', default=None, help='directory for the logs')
   parser.add_argument('--verbose', action='store_true')
+  parser.add_argument('--summary-of', default=None, metavar='DIR',
+                      help="print the summary of DIR's runs and exit")
   args = parser.parse_args(argv)
+  if args.summary_of:
+    return args
   for name in ('runs', 'deadline', 'max_steps'):
     if getattr(args, name) <= 0:
       parser.error('--%s must be positive' % name.replace('_', '-'))
@@ -427,7 +446,14 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-  records = run(parse_args(argv))
+  args = parse_args(argv)
+  if args.summary_of:
+    print(summary_of(args.summary_of))
+    return 0
+  # SIGTERM ends the bench through its cleanup (its children and load
+  # processes killed) and prints the summary of the runs so far.
+  signal.signal(signal.SIGTERM, lambda *unused: sys.exit(128 + signal.SIGTERM))
+  records = run(args)
   bad = [r for r in records
          if r['outcome'] in ('hang', 'bad_exit', 'inconsistent')]
   return 1 if bad else 0
