@@ -51,19 +51,26 @@ class TrainingInterrupted(SystemExit):
 class SignalStop(object):
   """A context manager in which the first SIGTERM or SIGINT is recorded
   (`signal_number`) instead of acting; SignalStopHook then stops training
-  at the next loop boundary."""
+  at the next loop boundary.
+
+  Nothing here takes a lock. Python runs a signal handler on the main
+  thread, between two bytecodes of whatever the main thread was doing: a
+  handler that takes a lock the main thread may already hold (reading
+  `signal_number`, say) waits for itself forever. The handler only
+  assigns attributes and calls signal.signal, neither of which blocks.
+  """
 
   def __init__(self, signals=STOP_SIGNALS):
     self._signals = tuple(signals)
     self._previous = {}
-    self._lock = threading.Lock()
+    # Written only by _handle, which runs on the main thread; read from any
+    # thread. Reading or assigning one attribute is atomic under the GIL.
     self._signal_number = None
 
   @property
   def signal_number(self):
     """The first signal received, or None."""
-    with self._lock:
-      return self._signal_number
+    return self._signal_number
 
   def __enter__(self):
     if threading.current_thread() is not threading.main_thread():
@@ -74,8 +81,14 @@ class SignalStop(object):
       # None: a handler installed outside Python, which cannot be put back.
       if previous is None or previous == signal.SIG_IGN:
         continue
-      signal.signal(number, self._handle)
+      # Saved before ours goes in: a signal landing right after it finds
+      # the handler to put back.
       self._previous[number] = previous
+      signal.signal(number, self._handle)
+    if self._signal_number is not None:
+      # A signal landed while the handlers went in; those installed after
+      # its handler restored the others must go too.
+      self._restore()
     return self
 
   def __exit__(self, *unused_exc_info):
@@ -83,15 +96,19 @@ class SignalStop(object):
     return False
 
   def _handle(self, number, unused_frame):
-    with self._lock:
-      if self._signal_number is None:
-        self._signal_number = number
+    # First signal wins, without a lock: handlers run one at a time on the
+    # main thread, so only a second signal's handler nested between this
+    # test and the assignment could interleave; it would record its number
+    # and this (the first) assignment would then overwrite it with ours.
+    if self._signal_number is None:
+      self._signal_number = number
     # A second signal acts as it would have without us.
     self._restore()
 
   def _restore(self):
-    previous, self._previous = self._previous, {}
-    for number, handler in previous.items():
+    # Idempotent (the saved handlers stay saved): a handler nested in a
+    # restore, or a restore after the handler's, puts back the same ones.
+    for number, handler in list(self._previous.items()):
       signal.signal(number, handler)
 
   def raise_if_stopped(self, step, checkpoint):

@@ -7,6 +7,7 @@ exit codes of a real process are checked in tests/faults.)
 """
 import os
 import signal
+import sys
 import threading
 
 import pytest
@@ -128,3 +129,91 @@ def test_ignored_signals_stay_ignored(recorded):
     assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     assert signal.getsignal(signal.SIGTERM) != recorded[1]
   assert signal.getsignal(signal.SIGTERM) is recorded[1]
+
+
+def _call_between_bytecodes(function, code_name, action):
+  """Runs `function()` with `action()` called before every line and
+  bytecode of the frames running code `code_name` of signals.py: what a
+  signal arriving there would run. Tracing is per thread, so only this
+  thread is traced. (Python 3.12 starts tracing bytecodes only after the
+  frame's first line event.)"""
+
+  def local(frame, event, unused_arg):
+    if event in ('line', 'opcode'):
+      frame.f_trace_opcodes = True
+      action()
+    return local
+
+  def start(frame, event, unused_arg):
+    if (frame.f_code.co_name == code_name and
+        frame.f_code.co_filename == signals.__file__):
+      frame.f_trace_opcodes = True
+      return local
+    return None
+  sys.settrace(start)
+  try:
+    return function()
+  finally:
+    sys.settrace(None)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize('signal_number', [signal.SIGTERM, signal.SIGINT],
+                         ids=['SIGTERM', 'SIGINT'])
+def test_a_signal_while_the_stop_is_read_does_not_block(signal_number):
+  # Python runs handlers between bytecodes on the main thread, possibly in
+  # the middle of the main thread reading signal_number. The handler is
+  # called there, before each bytecode of the read, on a thread of its own
+  # so that a handler blocking on something the read holds is seen
+  # (and not waited for).
+  stop = signals.SignalStop()
+  read = []
+  thread = threading.Thread(
+      target=lambda: read.append(_call_between_bytecodes(
+          lambda: stop.signal_number, 'signal_number',
+          lambda: stop._handle(signal_number, None))),
+      name='ReadWhileSignalled', daemon=True)
+  thread.start()
+  thread.join(10)
+  assert not thread.is_alive(), 'the handler blocked inside signal_number'
+  assert read == [signal_number]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize('when', ['before', 'after'])
+def test_a_signal_while_the_handlers_go_in_leaves_the_previous_ones(
+    monkeypatch, recorded, when):
+  # The first signal lands while __enter__ installs the handlers, just
+  # before or just after the first of them goes in: after it, a second
+  # signal of either kind must find the previous handlers.
+  _, record = recorded
+  stop = signals.SignalStop()
+  install = signal.signal
+  landed = []
+
+  def install_with_a_signal(number, handler):
+    if handler == stop._handle and not landed:
+      landed.append(number)
+      if when == 'before':
+        stop._handle(number, None)
+        return install(number, handler)
+      previous = install(number, handler)
+      signal.getsignal(number)(number, None)
+      return previous
+    return install(number, handler)
+  monkeypatch.setattr(signal, 'signal', install_with_a_signal)
+  with stop:
+    assert stop.signal_number == landed[0]
+    assert all(signal.getsignal(n) is record for n in signals.STOP_SIGNALS)
+  assert all(signal.getsignal(n) is record for n in signals.STOP_SIGNALS)
+
+
+def test_handlers_are_installed_and_put_back(recorded):
+  _, record = recorded
+  with signals.SignalStop() as stop:
+    assert all(signal.getsignal(n) == stop._handle
+               for n in signals.STOP_SIGNALS)
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert stop.signal_number == signal.SIGTERM
+    assert all(signal.getsignal(n) is record for n in signals.STOP_SIGNALS)
+  assert all(signal.getsignal(n) is record for n in signals.STOP_SIGNALS)

@@ -2,13 +2,23 @@
 
     python -m tests.faults.child errors MODEL_DIR
     python -m tests.faults.child train MODEL_DIR [--max-steps N] ...
+    python -m tests.faults.child stress MODEL_DIR --mode MODE [--feeding F]
 
 It reports on stdout, one line per event: `EVENT {json}`. `errors` runs one
 small training per injected fault and reports what came out of train();
 `train` trains the integer-id model, reporting the step it started from,
-that training is under way, and how it ended.
+that training is under way, and how it ended. `stress` reports `ready`
+once imported, then runs one short train, evaluate, predict or
+train_and_evaluate of that model (bench/signal_stress.py signals it at
+random moments).
+
+Whatever started it, SIGINT raises KeyboardInterrupt in the child (a
+background shell starts its children with SIGINT ignored, and ignored
+signals stay ignored in train()), and SIGUSR1 dumps every thread's stack
+to stderr, so that a child that hangs can say where.
 """
 import argparse
+import faulthandler
 import json
 import os
 import signal
@@ -30,6 +40,8 @@ BATCH_SIZE = 4        # 10 steps per epoch
 SHUFFLE_SEED = 7
 RECORDED_STEPS = 400  # rows of the ids_by_step variable
 FAULT_STEP = 7
+STRESS_MODES = ('train', 'evaluate', 'predict', 'train_and_evaluate')
+STRESS_EPOCHS = 5     # of evaluation and prediction input
 
 
 def emit(event, **fields):
@@ -70,10 +82,23 @@ def failing_input_fn(params):
   return tf.data.Dataset.range(10 ** 6).map(batch)
 
 
+def finite_ids_input_fn(params):
+  """STRESS_EPOCHS epochs of the ids, for evaluation and prediction."""
+  return tf.data.Dataset.range(NUM_IDS * STRESS_EPOCHS).map(
+      lambda i: (i % NUM_IDS, i % 2)).batch(params['batch_size'])
+
+
 def model_fn(features, labels, mode, params):
   """One weight per id; records which ids each step consumed in the
   ids_by_step variable (row = the global step when the step began)."""
   weights = v1.get_variable('w', [NUM_IDS], initializer=v1.zeros_initializer())
+  if mode == he.ModeKeys.PREDICT:
+    return he.HookEstimatorSpec(
+        mode, predictions={'predicted': tf.gather(weights, features)})
+  if mode == he.ModeKeys.EVAL:
+    loss = tf.reduce_mean(tf.square(tf.gather(weights, features) -
+                                    tf.cast(labels, tf.float32)))
+    return he.HookEstimatorSpec(mode, loss=loss)
   ids_by_step = v1.get_variable('ids_by_step', [RECORDED_STEPS, BATCH_SIZE],
                                 tf.int64, initializer=v1.zeros_initializer(),
                                 trainable=False)
@@ -165,7 +190,9 @@ def estimator(model_dir, params=None, iterations_per_loop=2, save_steps=2,
                         iterations_per_loop=iterations_per_loop,
                         save_checkpoints_steps=save_steps, feeding=feeding)
   return he.HookEstimator(model_fn, config=config, params=params,
-                          train_batch_size=BATCH_SIZE)
+                          train_batch_size=BATCH_SIZE,
+                          eval_batch_size=BATCH_SIZE,
+                          predict_batch_size=BATCH_SIZE)
 
 
 ERROR_CASES = {
@@ -225,9 +252,41 @@ def run_train(args):
        threads=live_threads())
 
 
+def run_stress(args):
+  """One short run of args.mode; a TrainingInterrupted exits with its code
+  after the `interrupted` event."""
+  est = estimator(args.model_dir, None, args.iterations_per_loop,
+                  args.save_steps, args.feeding)
+  try:
+    if args.mode == 'train':
+      est.train(ids_input_fn, max_steps=args.max_steps)
+    elif args.mode == 'train_and_evaluate':
+      est.train_and_evaluate(ids_input_fn, finite_ids_input_fn,
+                             max_steps=args.max_steps,
+                             eval_every_steps=max(args.max_steps // 2, 1))
+    elif args.mode == 'evaluate':
+      est.evaluate(finite_ids_input_fn)
+    else:
+      for _ in est.predict(finite_ids_input_fn):
+        pass
+  except he.TrainingInterrupted as stop:
+    emit('interrupted', step=stop.step, checkpoint=stop.checkpoint,
+         code=stop.code)
+    raise
+  emit('done', step=est.checkpoint_step())
+
+
+def robust_signals():
+  """SIGINT raises KeyboardInterrupt even when this process was started
+  with it ignored; SIGUSR1 dumps every thread's stack."""
+  signal.signal(signal.SIGINT, signal.default_int_handler)
+  faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+
 def main(argv=None):
+  robust_signals()
   parser = argparse.ArgumentParser()
-  parser.add_argument('command', choices=['errors', 'train'])
+  parser.add_argument('command', choices=['errors', 'train', 'stress'])
   parser.add_argument('model_dir')
   parser.add_argument('--cases', default=','.join(sorted(ERROR_CASES)))
   parser.add_argument('--max-steps', type=int, default=10 ** 6)
@@ -237,10 +296,14 @@ def main(argv=None):
   parser.add_argument('--loop-sleep', type=float, default=0.0)
   parser.add_argument('--kill-during-write', action='store_true')
   parser.add_argument('--feeding', choices=FEEDING_PATHS, default=None)
+  parser.add_argument('--mode', choices=STRESS_MODES, default='train')
   args = parser.parse_args(argv)
   v1.logging.set_verbosity(v1.logging.ERROR)
   if args.command == 'errors':
     run_errors(args.model_dir, args.cases.split(','), args.feeding)
+  elif args.command == 'stress':
+    emit('ready')
+    run_stress(args)
   else:
     run_train(args)
 
