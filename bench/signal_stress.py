@@ -327,7 +327,8 @@ def run(args, report=print):
   longest = {}
   records = []
   with open(os.path.join(out_dir, 'args.json'), 'w') as f:
-    json.dump(vars(args), f)
+    json.dump(dict(vars(args), tensorflow=tf.__version__,
+                   python='.'.join(map(str, sys.version_info[:3]))), f)
   load = start_load(args.load)
   try:
     with open(os.path.join(out_dir, 'runs.jsonl'), 'a') as log_file:
@@ -380,7 +381,8 @@ def summary(records, args, out_dir):
   lines = [
       'Signal stress: TensorFlow %s, Python %s, %d runs, load %d, '
       'trainings of %d steps, deadline %d s, resume check %s; logs in %s' % (
-          tf.__version__, '.'.join(map(str, sys.version_info[:3])),
+          getattr(args, 'tensorflow', tf.__version__),
+          getattr(args, 'python', '.'.join(map(str, sys.version_info[:3]))),
           len(records), args.load, args.max_steps, args.deadline,
           ('%d steps' % args.resume_steps) if args.resume_steps else 'off',
           out_dir),
