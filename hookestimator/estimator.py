@@ -188,7 +188,7 @@ class HookEstimator(object):
       log.info('Skipping training: the checkpoint is at step %d and '
                'max_steps=%d', start_step, max_steps)
       return
-    training.Training(self, input_fn, steps, max_steps, user_hooks).run()
+    training.train(self, input_fn, steps, max_steps, user_hooks)
 
   def evaluate(self, input_fn, steps=None, hooks=None, checkpoint_path=None,
                name=None):
@@ -280,8 +280,8 @@ class HookEstimator(object):
     built = []
     add_on = evaluation.rounds_add_on(self, eval_input_fn, eval_steps,
                                       eval_every_steps, max_steps, name, built)
-    training.Training(self, train_input_fn, None, max_steps, user_hooks,
-                      add_on=add_on).run()
+    training.train(self, train_input_fn, None, max_steps, user_hooks,
+                   add_on=add_on)
     return built[0].history
 
   def _replica_plan(self, global_batch, name, cluster=None):

@@ -39,8 +39,9 @@ class Training(object):
   """
 
   def __init__(self, estimator, input_fn, steps, max_steps, user_hooks,
-               add_on=None):
+               signal_stop, add_on=None):
     self._estimator = estimator
+    self._signal_stop = signal_stop
     self.graph = tf.Graph()
     cluster = estimator.config.cluster
     # In a cluster this process (the chief) is the client: what is not
@@ -124,7 +125,6 @@ class Training(object):
         model_dir, scaffold, device_loop.global_step_after,
         save_steps=config.save_checkpoints_steps,
         save_secs=config.save_checkpoints_secs, infeed=infeed)
-    self._signal_stop = signals.SignalStop()
     # Order matters. The loop-size hook comes first, so that every later
     # before_run sees this loop's size. At the end, the feeding hook drains
     # and joins its threads, and raises any error they hit, before the
@@ -171,7 +171,7 @@ class Training(object):
     estimator = self._estimator
     tf.io.gfile.makedirs(estimator.model_dir)
     try:
-      with self.graph.as_default(), self._signal_stop:
+      with self.graph.as_default():
         runs.run_loops(self._creator, self._hooks, self._fetch,
                        self._rendezvous, aborts=self._aborts,
                        options=self._loop_options)
@@ -179,6 +179,18 @@ class Training(object):
       self._writer.close()  # Every event written, whatever ended the run.
     self._signal_stop.raise_if_stopped(estimator.checkpoint_step(),
                                        estimator.latest_checkpoint())
+
+
+def train(estimator, input_fn, steps, max_steps, user_hooks, add_on=None):
+  """Builds and runs a Training, SIGTERM and SIGINT recorded from the
+  start of the build: one that lands while the graph is built (where
+  TensorFlow, tracing a dataset function, may turn a KeyboardInterrupt
+  into another error) stops the run before its first loop, as one during
+  the loops stops it at the next boundary."""
+  signal_stop = signals.SignalStop()
+  with signal_stop:
+    Training(estimator, input_fn, steps, max_steps, user_hooks, signal_stop,
+             add_on=add_on).run()
 
 
 def _step_time_sizer(config):

@@ -217,3 +217,25 @@ def test_handlers_are_installed_and_put_back(recorded):
     assert stop.signal_number == signal.SIGTERM
     assert all(signal.getsignal(n) is record for n in signals.STOP_SIGNALS)
   assert all(signal.getsignal(n) is record for n in signals.STOP_SIGNALS)
+
+
+@pytest.mark.parametrize('signal_number', [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_graph_is_built_stops_before_the_first_loop(
+    make_estimator, recorded, signal_number):
+  # The handlers are in from the start of the build: a signal landing while
+  # input_fn runs (or TensorFlow traces its dataset functions) is recorded,
+  # not raised into the middle of TensorFlow's code.
+  received, record = recorded
+  est = make_estimator(iterations_per_loop=4, save_checkpoints_steps=1000)
+
+  def signalling_input_fn(params):
+    os.kill(os.getpid(), signal_number)
+    return input_fn(params)
+  with pytest.raises(he.TrainingInterrupted) as info:
+    est.train(signalling_input_fn, steps=1000)
+  stop = info.value
+  assert stop.code == 128 + signal_number
+  assert (stop.signal_number, stop.step) == (signal_number, 0)
+  assert received == []
+  assert all(signal.getsignal(n) is record for n in signals.STOP_SIGNALS)
+  assert framework_threads() == []

@@ -18,11 +18,15 @@ import pytest
 
 from bench import signal_stress
 
-# Every mode and both feeding paths, in four runs.
+# The training modes, where hookestimator handles the signals from the
+# start of the build, on both feeding paths, in four runs. (Evaluation and
+# prediction leave signals as Python has them: there TensorFlow may turn a
+# KeyboardInterrupt into another error while it traces a dataset function,
+# which the bench reports and this check leaves out.)
 RUNS = [('train', 'in_loop', signal.SIGINT),
         ('train', 'infeed_thread', signal.SIGTERM),
         ('train_and_evaluate', 'in_loop', signal.SIGTERM),
-        ('predict', 'infeed_thread', signal.SIGINT),
+        ('train_and_evaluate', 'infeed_thread', signal.SIGINT),
         ]
 # From the child's `ready` (imported) through its graph building, session
 # and training; a child that ends first counts as finishing first.
