@@ -36,9 +36,11 @@ user + system time up to the graph being built.
 from __future__ import absolute_import, division, print_function
 
 import argparse
+import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,7 +59,7 @@ v1 = tf.compat.v1
 # model: (factory, examples per replica, steps per loop)
 MODELS = {
     'mlp': (lambda: digits_mlp.digits_mlp(seed=0), 16, 20),
-    'gpt2': (gpt2.gpt2, 4, 3),
+    'gpt2': (gpt2.gpt2, 4, 2),
 }
 REPLICAS = {'mlp': (1, 8, 32, 128), 'gpt2': (1, 8, 32)}
 QUICK_REPLICAS = (1, 2)
@@ -185,6 +187,72 @@ LOOPBACK_TODO = (
     'step) are not measured yet: TODO.')
 
 
+def describe(row):
+  return ('%s N=%d%s: %d ops, graph built %s s, session created %s s, '
+          'first step %s s, steady step %s ms (wall, CPU)' % (
+              row['model'], row['replicas'],
+              ' [%s]' % row['tree'] if row.get('tree') else '', row['nodes'],
+              pair(row['graph_built'], row['build_cpu']),
+              pair(row['session_created'], row['session_cpu']),
+              pair(row['first_step'], row['first_step_cpu']),
+              pair(row['steady_step'], row['steady_step_cpu'], '%.1f',
+                   1000)))
+
+
+# A child measuring one row with the hookestimator package of `tree`
+# (argv: tree, this checkout, model, replicas, loops): the package is
+# imported from `tree` first, then bench from this checkout.
+_CHILD = """
+import json, sys, tempfile
+tree, here, model, count, loops = sys.argv[1:]
+sys.path.insert(0, tree)
+import hookestimator
+sys.path[0] = here
+from bench import scale
+row = scale.measure(model, int(count), int(loops), tempfile.mkdtemp())
+row['package'] = hookestimator.__file__
+print('ROW ' + json.dumps(row))
+"""
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def measure_in_child(tree, model_name, count, loops):
+  """measure() in a process of its own, with `tree`'s hookestimator."""
+  output = subprocess.run(
+      [sys.executable, '-c', _CHILD, tree, HERE, model_name, str(count),
+       str(loops)], stdout=subprocess.PIPE, check=True,
+      universal_newlines=True).stdout
+  rows = [line[4:] for line in output.splitlines() if line.startswith('ROW ')]
+  return json.loads(rows[-1])
+
+
+def ratio_lines(rows):
+  """For each (model, N > 1), this tree's per-replica startup over the
+  baseline's, wall and CPU."""
+  lines = ['| model | replicas | per replica s, baseline (CPU s) | '
+           'per replica s, this tree (CPU s) | ratio wall | ratio CPU |',
+           '|---|---:|---:|---:|---:|---:|']
+  for row in rows:
+    if row['tree'] != 'this' or row['replicas'] == 1:
+      continue
+    same = [r for r in rows if r['model'] == row['model']]
+    base = [r for r in same if r['tree'] == 'baseline' and
+            r['replicas'] == row['replicas']][0]
+    mine = per_replica(row, [r for r in same if r['tree'] == 'this'],
+                       'first_step'), per_replica(
+                           row, [r for r in same if r['tree'] == 'this'],
+                           'first_step_cpu')
+    theirs = per_replica(base, [r for r in same if r['tree'] == 'baseline'],
+                         'first_step'), per_replica(
+                             base, [r for r in same
+                                    if r['tree'] == 'baseline'],
+                             'first_step_cpu')
+    lines.append('| %s | %d | %s | %s | %.2fx | %.2fx |' % (
+        row['model'], row['replicas'], pair(*theirs, form='%.3f'),
+        pair(*mine, form='%.3f'), mine[0] / theirs[0], mine[1] / theirs[1]))
+  return lines
+
+
 def run(args):
   for line in describe_machine():
     print(line)
@@ -196,22 +264,37 @@ def run(args):
       counts = args.replicas or (QUICK_REPLICAS if args.quick
                                  else REPLICAS[model_name])
       for count in counts:
+        if args.baseline:
+          # Side by side, alternating which goes first.
+          trees = [('baseline', args.baseline), ('this', HERE)]
+          if count % 2:
+            trees.reverse()
+          for name, tree in trees:
+            row = measure_in_child(tree, model_name, count, args.loops)
+            row['tree'] = name
+            rows.append(row)
+            print(describe(row))
+            sys.stdout.flush()
+          continue
         row = measure(model_name, count, args.loops, root)
         rows.append(row)
-        print('%s N=%d: %d ops, graph built %s s, session created %s s, '
-              'first step %s s, steady step %s ms (wall, CPU)' % (
-                  model_name, count, row['nodes'],
-                  pair(row['graph_built'], row['build_cpu']),
-                  pair(row['session_created'], row['session_cpu']),
-                  pair(row['first_step'], row['first_step_cpu']),
-                  pair(row['steady_step'], row['steady_step_cpu'], '%.1f',
-                       1000)))
+        print(describe(row))
         sys.stdout.flush()
   finally:
     shutil.rmtree(root, ignore_errors=True)
   print()
-  for line in table(rows):
-    print(line)
+  if args.baseline:
+    for name in ('baseline', 'this'):
+      print('%s (%s):' % (name, args.baseline if name == 'baseline'
+                          else HERE))
+      for line in table([r for r in rows if r['tree'] == name]):
+        print(line)
+      print()
+    for line in ratio_lines(rows):
+      print(line)
+  else:
+    for line in table(rows):
+      print(line)
   print()
   print(LOOPBACK_TODO)
   return rows
@@ -229,6 +312,11 @@ def parse_args(argv=None):
                       help='loops per train() call (at least 2)')
   parser.add_argument('--quick', action='store_true',
                       help='N = 1 and 2 only')
+  parser.add_argument('--baseline', default=None,
+                      help='another checkout of the repository: each row '
+                      'also runs with its hookestimator package, side by '
+                      'side (each row in a process of its own), and the '
+                      'per-replica startup ratios are printed')
   args = parser.parse_args(argv)
   if args.loops < 2:
     parser.error('--loops must be at least 2, got %d' % args.loops)
