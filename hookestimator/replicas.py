@@ -22,6 +22,7 @@ import contextlib
 import itertools
 
 import tensorflow as tf
+from tensorflow.python.framework import ops
 from tensorflow.python.ops import collective_ops
 from tensorflow.python.ops import gen_tpu_ops
 from tensorflow.python.tpu import tpu_function
@@ -459,12 +460,18 @@ def variables_in_graph(call_model_fn, features, labels, mode):
 
 class MirroredVariables(object):
   """Each training replica but the first builds its own copy of the
-  variables; `sync_op` sets them from the first replica's. The copies are
-  matched to replica 0's variables by the order model_fn makes them (the
-  names of default-named layers differ between replicas)."""
+  variables, whose initialiser reads the first replica's variable (so the
+  copies are set from replica 0's, restored or initialised, when the
+  session's local initialisers run). The copies are matched to replica 0's
+  variables by the order model_fn makes them (the names of default-named
+  layers differ between replicas). Where replica 0's variable is itself
+  local (a metric's), the copy keeps its own initialiser.
+
+  A copy made from its own initialiser and then assigned replica 0's
+  value would build (and run) each initialiser N times over for values
+  that are thrown away; reading replica 0's variable is one op."""
 
   def __init__(self):
-    self._pairs = []
     self._originals = []
 
   @contextlib.contextmanager
@@ -482,13 +489,13 @@ class MirroredVariables(object):
     before = set(id(v) for v in v1.global_variables())
     made = []
     with v1.variable_scope(REPLICA_SCOPE % index):
-      step = v1.get_variable(
-          'global_step', shape=[], dtype=tf.int64,
-          initializer=v1.zeros_initializer(), trainable=False,
-          use_resource=True, collections=[v1.GraphKeys.LOCAL_VARIABLES])
-      self._pairs.append((step, global_step))
+      with _initialised_from([global_step], [], global_ids=before):
+        step = v1.get_variable(
+            'global_step', shape=[], dtype=tf.int64,
+            initializer=v1.zeros_initializer(), trainable=False,
+            use_resource=True, collections=[v1.GraphKeys.LOCAL_VARIABLES])
       with _own_collections(graph, {v1.GraphKeys.GLOBAL_STEP: [step]}), \
-          recording_variables(made):
+          _initialised_from(self._originals, made, global_ids=before):
         yield step
     if len(made) != len(self._originals):
       raise ValueError(
@@ -503,20 +510,48 @@ class MirroredVariables(object):
             '%s; model_fn must make the same variables, in the same order, '
             'in every replica' % (index, position, _describe_variable(copy),
                                   _describe_variable(original)))
-      self._pairs.append((copy, original))
     global_ref = graph.get_collection_ref(v1.GraphKeys.GLOBAL_VARIABLES)
     moved = [v for v in global_ref if id(v) not in before]
     global_ref[:] = [v for v in global_ref if id(v) in before]
     graph.get_collection_ref(v1.GraphKeys.LOCAL_VARIABLES).extend(moved)
 
-  def sync_op(self):
-    """Sets every copy from the first replica's variable (after the copies'
-    own initialisers); run it once the real variables are restored."""
-    assigns = []
-    global_ids = set(id(v) for v in v1.global_variables())
-    for copy, original in self._pairs:
-      if id(original) not in global_ids:
-        continue  # Each replica's local variables (metrics) are its own.
-      with tf.control_dependencies([copy.initializer]):
-        assigns.append(v1.assign(copy, original.read_value()))
-    return tf.group(*assigns, name='sync_replicas')
+
+def _same_kind(kwargs, original):
+  """Whether the variable `kwargs` ask for could be `original`."""
+  dtype = kwargs.get('dtype')
+  shape = kwargs.get('shape')
+  if dtype is not None and (
+      tf.as_dtype(dtype).base_dtype != original.dtype.base_dtype):
+    return False
+  return shape is None or tf.TensorShape(shape).is_compatible_with(
+      original.shape)
+
+
+def _reader(original):
+  """An initial value function reading `original` where it lives: a
+  variable's initial value is built colocated with the new variable,
+  and a read of another device's variable cannot be."""
+  def initial_value():
+    with ops.colocate_with(original.op, ignore_existing=True):
+      return original.read_value()
+  return initial_value
+
+
+@contextlib.contextmanager
+def _initialised_from(originals, into, global_ids):
+  """The k-th variable made inside (appended to `into`) starts from the
+  value of `originals[k]` when that is a global variable (its id in
+  `global_ids`) of the same kind: its initialiser reads the original
+  instead of building one of its own (a random draw the value would
+  replace). Others are made as asked, and checked by the caller."""
+  def creator(next_creator, **kwargs):
+    index = len(into)
+    if index < len(originals):
+      original = originals[index]
+      if id(original) in global_ids and _same_kind(kwargs, original):
+        kwargs['initial_value'] = _reader(original)
+    variable = next_creator(**kwargs)
+    into.append(variable)
+    return variable
+  with _creator_scope(creator):
+    yield

@@ -103,11 +103,12 @@ class Training(object):
     loop_state = loop_lib.LoopState()
     extra = (add_on(device, loop_state, self._rendezvous, device_loop,
                     infeed) if add_on is not None else None)
-    # The replicas' copies of the variables are set from the real ones
-    # once those are restored or initialised.
+    # The replicas' copies of the variables are local variables whose
+    # initialisers read the real ones: the local init op sets them once
+    # those are restored or initialised.
     scaffold = estimator._scaffold(
         device_loop.spec, [infeed.initializer] + reader.init_ops +
-        (extra.init_ops if extra else []) + [device_loop.mirrored.sync_op()])
+        (extra.init_ops if extra else []))
     # Hardware feeds (TPU) have no close ops: an error closes the session.
     drain_ops, cancel_ops = device_feeds.end_ops(infeed, outfeed)
     # Host queues are read in batches of steps; a hardware outfeed is read

@@ -249,3 +249,36 @@ def test_train_and_evaluate_with_replicas_reads_the_trained_variables(
   assert rounds[-1] == pytest.approx(
       _estimator(tmp_path, 1, name='n2').evaluate(_eval_input_fn(24)),
       rel=1e-5)
+
+
+def _training_graph(tmp_path, replicas):
+  from hookestimator import training  # pylint: disable=g-import-not-at-top
+  est = _estimator(tmp_path, replicas, name='graph%d' % replicas)
+  return training.Training(est, input_fn, 10, None, []).graph
+
+
+def test_replica_copies_start_from_replica_0s_variables_not_their_own_draws(
+    tmp_path):
+  # Each copy's initialiser reads replica 0's variable: the random draws
+  # of model_fn's initialisers are built once, not once per replica.
+  def random_ops(graph):
+    return sorted(op.name for op in graph.get_operations()
+                  if op.type.startswith('Random'))
+  assert len(random_ops(_training_graph(tmp_path, 1))) == 2
+  graph = _training_graph(tmp_path, 4)
+  assert len(random_ops(graph)) == 2, random_ops(graph)
+  with graph.as_default():
+    copies = [v for v in v1.local_variables()
+              if v.op.name.startswith('replica_3/')]
+    originals = {v.op.name: v for v in v1.global_variables()}
+  by_name = {v.op.name.split('/', 1)[1]: v for v in copies}
+  assert set(by_name) >= {'w1', 'w2', 'global_step'}, sorted(by_name)
+  with v1.Session(graph=graph, config=v1.ConfigProto(
+      device_count={'CPU': 4})) as session:
+    session.run(v1.global_variables_initializer())
+    session.run(originals['w1'].assign(tf.fill([FEATURES, 8], 7.0)))
+    session.run(originals['global_step'].assign(12))
+    session.run([by_name[name].initializer for name in ('w1', 'global_step')])
+    assert session.run(by_name['global_step']) == 12
+    np.testing.assert_array_equal(session.run(by_name['w1']),
+                                  np.full([FEATURES, 8], 7.0, np.float32))

@@ -1,0 +1,331 @@
+"""Scale: the startup and step cost of N replicas in one process.
+
+Run from the repository root:
+
+    python -m bench.scale              # MLP N = 1, 8, 32, 128; gpt2 tiny 1, 8, 32
+    python -m bench.scale --quick      # MLP N = 1, 2 and gpt2 tiny N = 1, 2
+    python -m bench.scale --models gpt2 --replicas 1 8
+
+Each row trains a fresh `HookEstimator` with `RunConfig(num_replicas=N)`
+on N CPU devices in this process, with a fixed batch per replica (the
+global batch grows with N: weak scaling, so a replica's work stays the
+same). The models are the bundled ones, as gin/runs configures them:
+
+  - mlp: hookestimator.models.digits_mlp (64 -> 128 ReLU -> 10, Adam),
+    16 examples per replica;
+  - gpt2: hookestimator.models.gpt2 tiny (2 layers, d_model 128, 4 heads,
+    seq_len 128, Adam, gradient clipping), 4 sequences per replica.
+
+One train() call of `loops` loops of `ipl` steps each; a hook of its own
+timestamps the call's phases, measured from the start of train():
+
+  - graph built: the hook's begin(), once the training graph is complete;
+  - session created: after_create_session() (variables initialised and
+    the replicas' copies synced);
+  - first loop: the end of the first session.run of the device loop (it
+    includes TensorFlow's first-run graph optimisation);
+  - steady step: the median over the later loops of a loop's wall time
+    over its steps;
+  - first step: first loop - (ipl - 1) x steady step, the time to the end
+    of the first step.
+
+Per replica = (first step at N - first step at 1) / (N - 1). The graph's
+node count is that of the training graph. CPU seconds are this process's
+user + system time up to the graph being built.
+"""
+from __future__ import absolute_import, division, print_function
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import tensorflow as tf  # noqa: E402
+
+import hookestimator as he  # noqa: E402
+from bench.common import describe_machine  # noqa: E402
+from hookestimator.models import digits_mlp  # noqa: E402
+from hookestimator.models import gpt2  # noqa: E402
+
+v1 = tf.compat.v1
+
+# model: (factory, examples per replica, steps per loop)
+MODELS = {
+    'mlp': (lambda: digits_mlp.digits_mlp(seed=0), 16, 20),
+    'gpt2': (gpt2.gpt2, 4, 2),
+}
+REPLICAS = {'mlp': (1, 8, 32, 128), 'gpt2': (1, 8, 32)}
+QUICK_REPLICAS = (1, 2)
+NEVER = 10 ** 9
+
+
+def process_cpu():
+  """This process's CPU seconds so far, all threads, user + system."""
+  return sum(os.times()[:2])
+
+
+class PhaseHook(v1.train.SessionRunHook):
+  """Timestamps of a train() call's phases, from `start`."""
+
+  def __init__(self, start, cpu_start):
+    self._start = start
+    self._cpu_start = cpu_start
+    self.session_cpu = None
+    self.loop_end_cpus = []
+    self.graph_built = None
+    self.build_cpu = None
+    self.nodes = None
+    self.session_created = None
+    self.loop_ends = []
+
+  def _now(self):
+    return time.monotonic() - self._start
+
+  def _cpu(self):
+    return process_cpu() - self._cpu_start
+
+  def begin(self):
+    self.graph_built = self._now()
+    self.build_cpu = self._cpu()
+    self.nodes = len(v1.get_default_graph().get_operations())
+
+  def after_create_session(self, session, coord):
+    self.session_created = self._now()
+    self.session_cpu = self._cpu()
+
+  def after_run(self, run_context, run_values):
+    self.loop_ends.append(self._now())
+    self.loop_end_cpus.append(self._cpu())
+
+
+def measure(model_name, count, loops, root):
+  """One row: the phases of a train() call of `loops` loops at `count`
+  replicas. Returns a dict of figures."""
+  factory, per_replica, ipl = MODELS[model_name]
+  model = factory()
+  config = he.RunConfig(
+      model_dir=os.path.join(root, '%s_%d' % (model_name, count)),
+      iterations_per_loop=ipl, num_replicas=count,
+      save_checkpoints_steps=NEVER, log_step_count_steps=NEVER)
+  estimator = he.HookEstimator(model.model_fn, config=config,
+                               train_batch_size=per_replica * count)
+  cpu_start = process_cpu()
+  start = time.monotonic()
+  hook = PhaseHook(start, cpu_start)
+  estimator.train(model.train_input_fn, steps=ipl * loops, hooks=[hook])
+  total = time.monotonic() - start
+  v1.summary.FileWriterCache.clear()
+  steady = steady_step(hook.loop_ends, ipl)
+  steady_cpu = steady_step(hook.loop_end_cpus, ipl)
+  first_step = hook.loop_ends[0] - (ipl - 1) * steady
+  first_step_cpu = hook.loop_end_cpus[0] - (ipl - 1) * steady_cpu
+  return {
+      'model': model_name, 'replicas': count, 'nodes': hook.nodes,
+      'build_cpu': hook.build_cpu, 'session_cpu': hook.session_cpu,
+      'first_step_cpu': first_step_cpu, 'steady_step_cpu': steady_cpu,
+      'graph_built': hook.graph_built,
+      'session_created': hook.session_created,
+      'first_step': first_step, 'steady_step': steady, 'total': total,
+  }
+
+
+def steady_step(loop_ends, ipl):
+  """The median of the later loops' times (from the ends of all loops) over
+  their `ipl` steps."""
+  loops = [b - a for a, b in zip(loop_ends, loop_ends[1:])]
+  return statistics.median(loops) / ipl
+
+
+def fmt(value, form):
+  return '-' if value is None else form % value
+
+
+def per_replica(row, rows, key):
+  """(row[key] - the same at 1 replica) / (N - 1), or None."""
+  ones = [r for r in rows if r['model'] == row['model'] and
+          r['replicas'] == 1]
+  if row['replicas'] == 1 or not ones:
+    return None
+  return (row[key] - ones[0][key]) / (row['replicas'] - 1)
+
+
+HEADER = ('| model | replicas | graph ops | graph built s (CPU s) | '
+          'session created s (CPU s) | first step s (CPU s) | '
+          'per replica s (CPU s) | steady step ms (CPU ms) |')
+
+
+def pair(wall, cpu, form='%.2f', scale_by=1):
+  if wall is None:
+    return '-'
+  return '%s (%s)' % (form % (wall * scale_by), form % (cpu * scale_by))
+
+
+def table(rows):
+  lines = [HEADER, '|---|---:|---:|---:|---:|---:|---:|---:|']
+  for row in rows:
+    lines.append('| %s | %d | %d | %s | %s | %s | %s | %s |' % (
+        row['model'], row['replicas'], row['nodes'],
+        pair(row['graph_built'], row['build_cpu']),
+        pair(row['session_created'], row['session_cpu']),
+        pair(row['first_step'], row['first_step_cpu']),
+        pair(per_replica(row, rows, 'first_step'),
+             per_replica(row, rows, 'first_step_cpu'), '%.3f'),
+        pair(row['steady_step'], row['steady_step_cpu'], '%.1f', 1000)))
+  return lines
+
+
+LOOPBACK_TODO = (
+    'Loopback workers (W = 1, 2, 4 worker processes of 1 replica each: the '
+    "chief's graph size, its build CPU time and the wall time to the first "
+    'step) are not measured yet: TODO.')
+
+
+def describe(row):
+  return ('%s N=%d%s: %d ops, graph built %s s, session created %s s, '
+          'first step %s s, steady step %s ms (wall, CPU)' % (
+              row['model'], row['replicas'],
+              ' [%s]' % row['tree'] if row.get('tree') else '', row['nodes'],
+              pair(row['graph_built'], row['build_cpu']),
+              pair(row['session_created'], row['session_cpu']),
+              pair(row['first_step'], row['first_step_cpu']),
+              pair(row['steady_step'], row['steady_step_cpu'], '%.1f',
+                   1000)))
+
+
+# A child measuring one row with the hookestimator package of `tree`
+# (argv: tree, this checkout, model, replicas, loops): the package is
+# imported from `tree` first, then bench from this checkout.
+_CHILD = """
+import json, sys, tempfile
+tree, here, model, count, loops = sys.argv[1:]
+sys.path.insert(0, tree)
+import hookestimator
+sys.path[0] = here
+from bench import scale
+row = scale.measure(model, int(count), int(loops), tempfile.mkdtemp())
+row['package'] = hookestimator.__file__
+print('ROW ' + json.dumps(row))
+"""
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def measure_in_child(tree, model_name, count, loops):
+  """measure() in a process of its own, with `tree`'s hookestimator."""
+  output = subprocess.run(
+      [sys.executable, '-c', _CHILD, tree, HERE, model_name, str(count),
+       str(loops)], stdout=subprocess.PIPE, check=True,
+      universal_newlines=True).stdout
+  rows = [line[4:] for line in output.splitlines() if line.startswith('ROW ')]
+  return json.loads(rows[-1])
+
+
+def ratio_lines(rows):
+  """For each (model, N > 1), this tree's per-replica startup over the
+  baseline's, wall and CPU."""
+  lines = ['| model | replicas | per replica s, baseline (CPU s) | '
+           'per replica s, this tree (CPU s) | ratio wall | ratio CPU |',
+           '|---|---:|---:|---:|---:|---:|']
+  for row in rows:
+    if row['tree'] != 'this' or row['replicas'] == 1:
+      continue
+    same = [r for r in rows if r['model'] == row['model']]
+    base = [r for r in same if r['tree'] == 'baseline' and
+            r['replicas'] == row['replicas']][0]
+    mine = per_replica(row, [r for r in same if r['tree'] == 'this'],
+                       'first_step'), per_replica(
+                           row, [r for r in same if r['tree'] == 'this'],
+                           'first_step_cpu')
+    theirs = per_replica(base, [r for r in same if r['tree'] == 'baseline'],
+                         'first_step'), per_replica(
+                             base, [r for r in same
+                                    if r['tree'] == 'baseline'],
+                             'first_step_cpu')
+    lines.append('| %s | %d | %s | %s | %.2fx | %.2fx |' % (
+        row['model'], row['replicas'], pair(*theirs, form='%.3f'),
+        pair(*mine, form='%.3f'), mine[0] / theirs[0], mine[1] / theirs[1]))
+  return lines
+
+
+def run(args):
+  for line in describe_machine():
+    print(line)
+  sys.stdout.flush()
+  root = tempfile.mkdtemp(prefix='scale_')
+  rows = []
+  try:
+    for model_name in args.models:
+      counts = args.replicas or (QUICK_REPLICAS if args.quick
+                                 else REPLICAS[model_name])
+      for count in counts:
+        if args.baseline:
+          # Side by side, alternating which goes first.
+          trees = [('baseline', args.baseline), ('this', HERE)]
+          if count % 2:
+            trees.reverse()
+          for name, tree in trees:
+            row = measure_in_child(tree, model_name, count, args.loops)
+            row['tree'] = name
+            rows.append(row)
+            print(describe(row))
+            sys.stdout.flush()
+          continue
+        row = measure(model_name, count, args.loops, root)
+        rows.append(row)
+        print(describe(row))
+        sys.stdout.flush()
+  finally:
+    shutil.rmtree(root, ignore_errors=True)
+  print()
+  if args.baseline:
+    for name in ('baseline', 'this'):
+      print('%s (%s):' % (name, args.baseline if name == 'baseline'
+                          else HERE))
+      for line in table([r for r in rows if r['tree'] == name]):
+        print(line)
+      print()
+    for line in ratio_lines(rows):
+      print(line)
+  else:
+    for line in table(rows):
+      print(line)
+  print()
+  print(LOOPBACK_TODO)
+  return rows
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(
+      prog='python -m bench.scale',
+      description='Startup and step cost of N replicas in one process.')
+  parser.add_argument('--models', nargs='+', choices=sorted(MODELS),
+                      default=['mlp', 'gpt2'])
+  parser.add_argument('--replicas', nargs='+', type=int, default=None,
+                      help='replica counts (default: each model\'s list)')
+  parser.add_argument('--loops', type=int, default=4,
+                      help='loops per train() call (at least 2)')
+  parser.add_argument('--quick', action='store_true',
+                      help='N = 1 and 2 only')
+  parser.add_argument('--baseline', default=None,
+                      help='another checkout of the repository: each row '
+                      'also runs with its hookestimator package, side by '
+                      'side (each row in a process of its own), and the '
+                      'per-replica startup ratios are printed')
+  args = parser.parse_args(argv)
+  if args.loops < 2:
+    parser.error('--loops must be at least 2, got %d' % args.loops)
+  return args
+
+
+def main(argv=None):
+  run(parse_args(argv))
+
+
+if __name__ == '__main__':
+  main()
