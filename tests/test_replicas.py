@@ -252,9 +252,11 @@ def test_train_and_evaluate_with_replicas_reads_the_trained_variables(
 
 
 def _training_graph(tmp_path, replicas):
+  from hookestimator import signals  # pylint: disable=g-import-not-at-top
   from hookestimator import training  # pylint: disable=g-import-not-at-top
   est = _estimator(tmp_path, replicas, name='graph%d' % replicas)
-  return training.Training(est, input_fn, 10, None, []).graph
+  return training.Training(est, input_fn, 10, None, [],
+                           signals.SignalStop()).graph
 
 
 def test_replica_copies_start_from_replica_0s_variables_not_their_own_draws(
