@@ -11,10 +11,10 @@ works through the backlog; once a checkpoint is deleted before its turn
 (keep_checkpoint_max), it goes on with the newest.
 
 It watches the chief, where the chief serves (a cluster of several
-training tasks), with a probe before each evaluation: once the chief is
-lost, only its last checkpoint still matters. At or past max_steps it is
-evaluated and the evaluator ends as usual; before it, the evaluator raises
-LostTaskError naming the chief. A lost evaluator is nothing to the
+training tasks), with a probe before each evaluation. A chief gone with
+its last checkpoint at or past max_steps ended its run: the checkpoints
+left are evaluated and the evaluator ends as usual. Gone before it, the
+chief was lost: the evaluator raises LostTaskError naming it. A lost evaluator is nothing to the
 training tasks, which never wait for it.
 """
 import logging
@@ -105,14 +105,15 @@ def run(estimator, input_fn, max_steps, steps=None, hooks=None, name=None,
       if not watch.health.lost:
         time.sleep(poll_secs)  # Probed again soon: lost, or a blip.
         continue
-      # The chief is gone: only its last checkpoint still matters.
-      # (Listed before the probe: a chief that ended its run wrote it
-      # before it stopped answering.)
+      # The chief is gone. (The checkpoints were listed before the probe:
+      # a chief that ended its run wrote its last one before it stopped
+      # answering.) Before max_steps it was lost; at max_steps training
+      # ended, and the checkpoints left are evaluated with no more probes.
       if not pending or checkpoint_step(pending[-1]) < max_steps:
         raise task_server.LostTaskError(
             'the evaluator stops before max_steps=%d: %s' % (
                 max_steps, task_server.lost_message([watch.name])))
-      pending = pending[-1:]
+      watch = None
     if not pending:
       time.sleep(poll_secs)
       continue
