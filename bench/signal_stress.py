@@ -59,7 +59,6 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from hookestimator.config import FEEDING_PATHS  # noqa: E402
-from hookestimator.input_position import is_input_position_key  # noqa: E402
 from tests.faults import child as child_lib  # noqa: E402
 
 v1 = tf.compat.v1
@@ -163,19 +162,12 @@ def documented_exit(code, signal_number, stderr):
 def checkpoint_problems(model_dir, max_steps, code, stop_event):
   """What is wrong with model_dir's checkpoints after a training run;
   returns (problems, the latest checkpoint's step or None)."""
-  problems = []
-  state = v1.train.get_checkpoint_state(model_dir)
   try:
-    for prefix in (state.all_model_checkpoint_paths if state else []):
-      reader = v1.train.NewCheckpointReader(prefix)
-      for key in reader.get_variable_to_shape_map():
-        if not is_input_position_key(key):
-          reader.get_tensor(key)
-      step = int(reader.get_tensor('global_step'))
-      if not prefix.endswith('-%d' % step):
-        problems.append('%s holds step %d' % (prefix, step))
+    listed = child_lib.listed_checkpoints(model_dir)
   except (tf.errors.OpError, ValueError) as error:
-    return problems + ['a checkpoint does not load: %s' % error], None
+    return ['a checkpoint does not load: %s' % error], None
+  problems = ['%s holds step %d' % (prefix, step) for prefix, step in listed
+              if not prefix.endswith('-%d' % step)]
   latest = v1.train.latest_checkpoint(model_dir)
   if latest is None:
     if stop_event is not None and stop_event['checkpoint'] is not None:

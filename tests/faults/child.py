@@ -31,6 +31,7 @@ import tensorflow as tf
 
 import hookestimator as he
 from hookestimator.config import FEEDING_PATHS
+from hookestimator.input_position import is_input_position_key
 from tests.conftest import FailingHook
 
 v1 = tf.compat.v1
@@ -70,6 +71,24 @@ def expected_ids(steps):
     with v1.Session() as session:
       return np.array([session.run(batch) for _ in range(steps)]).reshape(
           [steps, BATCH_SIZE])
+
+
+def listed_checkpoints(model_dir):
+  """(prefix, global step) of every checkpoint model_dir's checkpoint state
+  lists, each loaded whole (every tensor but the input position read),
+  oldest first. Raises what a checkpoint that does not load raises.
+
+  A save cut short may leave partial files behind; only the checkpoints
+  the state file names have to load."""
+  found = []
+  state = v1.train.get_checkpoint_state(model_dir)
+  for prefix in (state.all_model_checkpoint_paths if state else []):
+    reader = v1.train.NewCheckpointReader(prefix)
+    for key in reader.get_variable_to_shape_map():
+      if not is_input_position_key(key):
+        reader.get_tensor(key)
+    found.append((prefix, int(reader.get_tensor('global_step'))))
+  return found
 
 
 def failing_input_fn(params):

@@ -24,7 +24,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hookestimator.input_position import is_input_position_key
 from tests.faults import child as child_lib
 
 v1 = tf.compat.v1
@@ -114,13 +113,7 @@ def checkpoint_steps(model_dir):
   A save cut short by SIGKILL may leave partial files behind; only the
   checkpoints the state file names have to load."""
   steps = []
-  state = v1.train.get_checkpoint_state(model_dir)
-  for prefix in (state.all_model_checkpoint_paths if state else []):
-    reader = v1.train.NewCheckpointReader(prefix)
-    for key in reader.get_variable_to_shape_map():
-      if not is_input_position_key(key):
-        reader.get_tensor(key)
-    step = int(reader.get_tensor('global_step'))
+  for prefix, step in child_lib.listed_checkpoints(model_dir):
     assert prefix.endswith('-%d' % step)
     steps.append(step)
   latest = v1.train.latest_checkpoint(model_dir)
