@@ -23,6 +23,7 @@ import time
 
 import tensorflow as tf
 
+from hookestimator import inference
 from hookestimator import task_server
 from hookestimator.compat import v1
 
@@ -35,10 +36,6 @@ POLL_SECS = 1.0
 def checkpoint_step(path):
   """The global step in a checkpoint path's suffix (model.ckpt-100)."""
   return int(os.path.basename(path).rsplit('-', 1)[1])
-
-
-def _exists(path):
-  return bool(tf.io.gfile.glob(path + '.index'))
 
 
 class CheckpointsToEvaluate(object):
@@ -135,13 +132,13 @@ def run(estimator, input_fn, max_steps, steps=None, hooks=None, name=None,
 def _evaluate(estimator, input_fn, steps, hooks, name, path, throttle):
   """The results of evaluating checkpoint `path`; None when it was
   deleted before or while it was read."""
-  if not _exists(path):
+  if not inference.is_checkpoint(path):
     return None
   throttle.wait()
   try:
     return estimator.evaluate(input_fn, steps=steps, hooks=hooks,
                               checkpoint_path=path, name=name)
   except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError):
-    if _exists(path):
+    if inference.is_checkpoint(path):
       raise
     return None

@@ -328,14 +328,15 @@ def checkpoint_to_read(estimator, checkpoint_path):
       raise ValueError('checkpoint_path %s is a directory without a '
                        'checkpoint' % checkpoint_path)
     return path
-  if not _is_checkpoint(checkpoint_path):
+  if not is_checkpoint(checkpoint_path):
     raise ValueError('checkpoint_path %s is not a checkpoint (expected a '
                      'prefix such as model_dir/model.ckpt-100)' %
                      checkpoint_path)
   return checkpoint_path
 
 
-def _is_checkpoint(path):
+def is_checkpoint(path):
+  """Whether a checkpoint's files are at prefix `path`."""
   try:
     return (tf.io.gfile.exists(path + '.index') or
             (not tf.io.gfile.isdir(path) and tf.io.gfile.exists(path)))
