@@ -523,8 +523,27 @@ def _same_kind(kwargs, original):
   if dtype is not None and (
       tf.as_dtype(dtype).base_dtype != original.dtype.base_dtype):
     return False
+  if shape is None:
+    shape = _initial_shape(kwargs.get('initial_value'))
   return shape is None or tf.TensorShape(shape).is_compatible_with(
       original.shape)
+
+
+def _initial_shape(initial_value):
+  """The shape of the variable an initial value (or its function) makes.
+  TF 1.x's get_variable gives a creator no shape, only a function with
+  the shape inside: it is built in a graph of its own, which keeps the
+  model's graph free of an initialiser that would never run. One that
+  reads the model's own tensors is built, unrun, where a variable's
+  initialiser would be."""
+  if not callable(initial_value):
+    return getattr(initial_value, 'shape', None)
+  try:
+    with tf.Graph().as_default():
+      return initial_value().shape
+  except (ValueError, TypeError):
+    with ops.init_scope():
+      return initial_value().shape
 
 
 def _reader(original):
