@@ -104,12 +104,44 @@ def order_reads_before_writes(handle, ops):
       write._add_control_inputs(missing)  # pylint: disable=protected-access
 
 
+class SessionRunWhileBuilding(RuntimeError):
+  """model_fn ran a session on the graph while the loop was being built."""
+
+
+@contextlib.contextmanager
+def no_session_runs(graph):
+  """A session run on `graph` from this thread raises inside: a while_loop
+  holds the graph's mutation lock while it builds its body, so the run
+  would wait on it forever. Keras 2 runs one when a TensorFlow op is
+  applied to keras.Input tensors, to read the op's constant inputs."""
+  builder = threading.get_ident()
+  run_lock = graph._session_run_lock  # pylint: disable=protected-access
+
+  def guarded():
+    if threading.get_ident() == builder:
+      raise SessionRunWhileBuilding(
+          'model_fn ran a session on its graph while the device loop was '
+          'being built, which would wait forever on the loop. Keras does '
+          'this when a TensorFlow op (tf.concat, +, ...) is applied to '
+          'keras.Input tensors: it evaluates the op\'s constant inputs. '
+          'Apply such ops inside a keras.layers.Lambda layer, or to the '
+          'model\'s outputs rather than to its keras.Input tensors')
+    return run_lock()
+
+  graph._session_run_lock = guarded  # pylint: disable=protected-access
+  try:
+    yield
+  finally:
+    del graph._session_run_lock  # pylint: disable=protected-access
+
+
 def run_on_device(device, device_loop, iterations):
   """Builds `device_loop(iterations)` to run on `device`: on TPU as one TPU
   program whose loop size is an input."""
   # Resource variables, so that variables made inside the loop body are
   # created outside it (their initialisers cannot live in a loop).
-  with v1.variable_scope(v1.get_variable_scope(), use_resource=True):
+  with v1.variable_scope(v1.get_variable_scope(), use_resource=True), \
+      no_session_runs(v1.get_default_graph()):
     if device.kind == 'tpu':
       return v1.tpu.rewrite(device_loop, [iterations])
     outputs = device_loop(iterations)

@@ -246,3 +246,61 @@ def test_a_replica_making_other_variables_is_named(tmp_path):
   with pytest.raises(ValueError, match=r'Replica 1 made its variable 0 as '
                      r'replica_1/w.*replica 0 made w \(shape \(4, 2\)'):
     estimator.train(train_input_fn, max_steps=2)
+
+
+def _keras_functional_model_fn(op_on_inputs):
+  """A Keras 2 functional model made inside model_fn from keras.Input, with
+  the two inputs joined by `op_on_inputs`."""
+  def model_fn(features, labels, mode, params):
+    del params
+    left, right = tf.keras.Input([4]), tf.keras.Input([4])
+    joined = op_on_inputs(left, right)
+    model = tf.keras.Model([left, right], tf.keras.layers.Dense(2)(joined))
+    logits = model([features['x'], features['x']])
+    loss = v1.losses.sparse_softmax_cross_entropy(labels, logits)
+    optimizer = v1.tpu.CrossShardOptimizer(
+        v1.train.GradientDescentOptimizer(0.1))
+    return tpu.TPUEstimatorSpec(
+        mode, loss=loss,
+        train_op=optimizer.minimize(loss, v1.train.get_global_step()))
+  return model_fn
+
+
+@pytest.fixture
+def v1_control_flow():
+  """TF 1's while_loop, as programs that call disable_v2_behavior get it
+  (TF 1.15 always has it)."""
+  enabled = compat.TF_VERSION >= (2,) and v1.control_flow_v2_enabled()
+  if enabled:
+    v1.disable_control_flow_v2()
+  try:
+    yield
+  finally:
+    if enabled:
+      v1.enable_control_flow_v2()
+
+
+@pytest.mark.skipif(not HAS_V1_LAYERS, reason='needs graph-mode Keras 2')
+# The thread method: a lock wait cannot be interrupted by a signal, so a
+# regression ends the run with every thread's stack instead of hanging.
+@pytest.mark.timeout(120, method='thread')
+@pytest.mark.parametrize('use_tpu', [False, True])
+def test_a_keras_op_on_keras_inputs_is_refused_naming_the_way_out(
+    tmp_path, use_tpu, v1_control_flow):
+  # Keras 2 evaluates tf.concat's constant axis with a session while the
+  # loop body is built, under the graph's mutation lock TF 1's while_loop
+  # holds: unguarded, this waits forever.
+  concat = _keras_functional_model_fn(
+      lambda a, b: tf.concat([a, b], axis=1))
+  estimator = make_estimator(tpu, tmp_path / 'op', use_tpu, concat, shards=2)
+  with pytest.raises(RuntimeError, match=r'keras.layers.Lambda'):
+    estimator.train(train_input_fn, max_steps=2)
+  assert estimator.latest_checkpoint() is None
+  # The way out the error names trains.
+  wrapped = _keras_functional_model_fn(
+      lambda a, b: tf.keras.layers.Lambda(
+          lambda pair: tf.concat(pair, axis=1))([a, b]))
+  estimator = make_estimator(tpu, tmp_path / 'lambda', use_tpu, wrapped,
+                             shards=2)
+  estimator.train(train_input_fn, max_steps=2)
+  assert estimator.get_variable_value('global_step') == 2
