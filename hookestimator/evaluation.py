@@ -30,6 +30,7 @@ from hookestimator import device_feeds
 from hookestimator import hooks as hooks_lib
 from hookestimator import inference
 from hookestimator import loop as loop_lib
+from hookestimator import metric_ops
 from hookestimator import padding
 from hookestimator import spec as spec_lib
 from hookestimator import tensor_input
@@ -62,16 +63,19 @@ class _Outfed(object):
     self.metrics = None
     self.pads = None
 
-  def __call__(self, spec, pads, batch_size, trimmed=False):
+  def __call__(self, spec, pads, batch_size, trimmed=False, replicas=1):
     """`pads`: whether the input's short batches are padded, so that the
     metrics tensors' padding rows (of `batch_size`, a replica's batch) must
     be dropped; `trimmed`: whether model_fn saw them trimmed (their rows
-    vary)."""
+    vary); `replicas`: how many replicas run model_fn."""
     self.pads = pads
     self.metrics = spec_lib.check_eval_spec(
-        spec, batch_size if pads else None, trimmed=trimmed)
+        spec, batch_size if pads else None, trimmed=trimmed,
+        replicas=replicas)
     self.has_loss = spec.loss is not None
     values = [tf.cast(spec.loss, tf.float32)] if self.has_loss else []
+    if isinstance(self.metrics, metric_ops.MetricOps):
+      return values + self.metrics.values
     return values + (self.metrics.tensors if self.metrics else [])
 
 
@@ -109,8 +113,18 @@ class MetricsReader(object):
     if self._has_loss:
       self._fetches['loss'] = stacked[1]
     self._values = {}
+    self._in_loop = None
+    self._last_values = None
     metric_variables = []
-    if outfed.metrics is not None:
+    if isinstance(outfed.metrics, metric_ops.MetricOps):
+      # The loop's own metric values, one per step: the last real step's
+      # are the results.
+      self._in_loop = outfed.metrics.names
+      _check_metric_ops({name: (None, None) for name in self._in_loop},
+                        self._has_loss)
+      self._fetches['in_loop'] = stacked[2 if self._has_loss else 1:]
+      metric_variables = outfed.metrics.variables
+    elif outfed.metrics is not None:
       metric_variables = self._build_metrics(stacked, real, outfed)
     self.reset_op = v1.variables_initializer(metric_variables)
     self._lock = threading.Lock()
@@ -154,6 +168,7 @@ class MetricsReader(object):
       self._loss_sum = 0.0
       self._batches = 0
       self._examples = 0
+      self._last_values = None
 
   def read_loop(self, session, count):
     """Handles up to `count` steps; returns how many came through."""
@@ -169,6 +184,9 @@ class MetricsReader(object):
       if self._has_loss:
         self._loss_sum += float(np.sum(
             out['loss'].astype(np.float64)[batches]))
+      if self._in_loop is not None and np.any(batches):
+        last = int(np.flatnonzero(batches)[-1])
+        self._last_values = [column[last] for column in out['in_loop']]
     return len(counts)
 
   def flush(self, session):
@@ -180,6 +198,10 @@ class MetricsReader(object):
     with self._lock:
       examples, batches = self._examples, self._batches
       loss_sum = self._loss_sum
+      if self._in_loop is not None:
+        results = {name: (self._last_values[k] if self._last_values
+                          else np.float32('nan'))
+                   for k, name in enumerate(self._in_loop)}
     if examples == 0:
       log.warning('The evaluation input held no examples')
     if self._has_loss:

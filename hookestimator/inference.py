@@ -164,7 +164,8 @@ class InferencePipeline(object):
     self.batch_size = plan.replica_batch
     self.loop = InferenceLoop(
         self.infeed, self.outfeed, call_model_fn, device, mode,
-        lambda spec: outfed_fn(spec, self.pads, plan.replica_batch, trims),
+        lambda spec: outfed_fn(spec, self.pads, plan.replica_batch, trims,
+                               plan.count),
         reuse=reuse, replica_devices=plan.devices,
         trim_to=plan.replica_batch if trims else None)
     # Hardware feeds (TPU) have no close ops: an error closes the session.

@@ -42,7 +42,7 @@ class _Outfed(object):
     self._predict_keys = predict_keys
     self.keys = None
 
-  def __call__(self, spec, pads, batch_size, trimmed=False):
+  def __call__(self, spec, pads, batch_size, trimmed=False, replicas=1):
     """`batch_size`: a replica's batch; predictions are batch-major,
     padded or not (`trimmed`: their rows vary, as the batch's do)."""
     del pads

@@ -6,6 +6,7 @@ import inspect
 import tensorflow as tf
 
 from hookestimator import compat
+from hookestimator import metric_ops
 from hookestimator.compat import v1
 
 ModeKeys = compat.ModeKeys
@@ -125,7 +126,8 @@ class HookEstimatorSpec(
     # Their shapes are checked where they are outfed.
     if host_call is not None:
       HostCall(host_call, static=False)
-    if eval_metrics is not None:
+    if eval_metrics is not None and not isinstance(eval_metrics,
+                                                   metric_ops.MetricOps):
       HostCall(eval_metrics, name='eval_metrics', static=False)
     if predictions is not None and not (isinstance(predictions, dict) and
                                         not predictions):
@@ -176,13 +178,9 @@ def as_hook_spec(spec):
   if isinstance(spec, HookEstimatorSpec):
     return spec
   if isinstance(spec, ESTIMATOR_SPEC_TYPES):
+    eval_metrics = None
     if spec.mode == ModeKeys.EVAL and spec.eval_metric_ops:
-      raise ValueError(
-          'model_fn returned an EstimatorSpec with '
-          'eval_metric_ops %s; metric ops cannot run inside the device loop. '
-          'Return HookEstimatorSpec(eval_metrics=(metric_fn, tensors)) '
-          'instead: metric_fn runs on the host on the outfed tensors' %
-          sorted(spec.eval_metric_ops))
+      eval_metrics = metric_ops.MetricOps(spec.eval_metric_ops)
     scaffold = spec.scaffold
     return HookEstimatorSpec(
         mode=spec.mode, loss=spec.loss, train_op=spec.train_op,
@@ -192,6 +190,7 @@ def as_hook_spec(spec):
         predictions=(None if isinstance(spec.predictions, dict) and
                      not spec.predictions else spec.predictions),
         export_outputs=spec.export_outputs or None,
+        eval_metrics=eval_metrics,
         evaluation_hooks=spec.evaluation_hooks,
         prediction_hooks=spec.prediction_hooks)
   raise TypeError('model_fn must return a HookEstimatorSpec or an '
@@ -240,7 +239,7 @@ def _check_batch_major(label, tensor, batch_size, why, trimmed=False):
                      (label, tensor.name, shape))
 
 
-def check_eval_spec(spec, batch_size, trimmed=False):
+def check_eval_spec(spec, batch_size, trimmed=False, replicas=1):
   """Raises unless `spec` can evaluate; returns its eval_metrics HostCall
   (or None).
 
@@ -258,6 +257,16 @@ def check_eval_spec(spec, batch_size, trimmed=False):
     _check_loss(spec)
   if spec.eval_metrics is None:
     return None
+  if isinstance(spec.eval_metrics, metric_ops.MetricOps):
+    if replicas > 1 or (batch_size is not None and not trimmed):
+      raise ValueError(
+          'model_fn returned an EstimatorSpec with eval_metric_ops %s, which '
+          'update on every row model_fn sees; this evaluation runs %d '
+          'replicas on padded batches, so they would count the padding and '
+          'each replica apart. Return TPUEstimatorSpec(eval_metrics=('
+          'metric_fn, tensors)): metric_fn runs once, on the real examples' %
+          (spec.eval_metrics.names, replicas))
+    return spec.eval_metrics
   metrics = HostCall(spec.eval_metrics, name='eval_metrics',
                      static=not trimmed)
   if batch_size is None:

@@ -245,6 +245,10 @@ class TPUEstimator(estimator_lib.HookEstimator):
     changes = {}
     if self._eval_device != self._config.device:
       changes['device'] = self._eval_device
+    if not self._evaluates_as_tpu and self._config.num_replicas > 1:
+      # eval_on_tpu=False: TPUEstimator evaluates model_fn once, on the
+      # CPU, over the whole batch.
+      changes['num_replicas'] = 1
     if self._config.loop_seconds is not None and steps:
       # Loops sized by time: as TPUEstimator on a TPU, the evaluation's
       # steps run in one loop.
@@ -312,6 +316,14 @@ class TPUEstimator(estimator_lib.HookEstimator):
 
   def _splits_batches(self, batch_name):
     return self._split_batches.get(batch_name, False)
+
+  def _replica_plan(self, global_batch, name, cluster=None):
+    if name == 'eval_batch_size' and not self._evaluates_as_tpu:
+      # eval_on_tpu=False: TPUEstimator evaluates model_fn once, on the
+      # CPU, over the whole batch; also in train_and_evaluate's rounds.
+      return replicas_lib.Plan(self._eval_device, 1, global_batch, name)
+    return super(TPUEstimator, self)._replica_plan(global_batch, name,
+                                                   cluster)
 
   def _call_model_fn_for_export(self, features):
     # As TPUEstimator exports its CPU graph: params are the program's own

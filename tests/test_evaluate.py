@@ -207,10 +207,11 @@ def _metric_fn_returning(result):
   return model_fn
 
 
-def _estimator_spec_with_metric_ops(features, labels, mode, params):
+def _estimator_spec_with_a_vector_metric(features, labels, mode, params):
   spec = models.model_fn(features, labels, mode, params)
   return he.EstimatorSpec(mode, loss=spec.loss, eval_metric_ops={
-      'acc': v1.metrics.accuracy(labels, labels)})
+      'acc': v1.metrics.accuracy(labels, labels),
+      'vector': (tf.zeros([2]), tf.no_op())})
 
 
 def _scalar_metric_tensor(features, labels, mode, params):
@@ -223,8 +224,8 @@ def _scalar_metric_tensor(features, labels, mode, params):
 @pytest.mark.parametrize('model_fn,error,match', [
     (_eval_spec_with(loss=None, eval_metrics=None), ValueError,
      'EVAL spec without loss and without eval_metrics'),
-    (_estimator_spec_with_metric_ops, ValueError,
-     r"eval_metric_ops \['acc'\].*HookEstimatorSpec\(eval_metrics="),
+    (_estimator_spec_with_a_vector_metric, ValueError,
+     r"eval_metric_ops\['vector'\] has the value .*; expected a scalar"),
     (_metric_fn_returning(lambda labels: [1]), TypeError,
      r'metric_fn returned \[1\]; expected a dict'),
     (_metric_fn_returning(lambda labels: {

@@ -304,3 +304,89 @@ def test_a_keras_op_on_keras_inputs_is_refused_naming_the_way_out(
                              shards=2)
   estimator.train(train_input_fn, max_steps=2)
   assert estimator.get_variable_value('global_step') == 2
+
+
+def _metric_ops_model_fn(module, spec_class=tpu.EstimatorSpec):
+  """A head as an Estimator program writes it: a plain EstimatorSpec
+  whose eval_metric_ops are tf.compat.v1.metrics pairs; one metric reads
+  the global step, to show each evaluation starts its metrics afresh."""
+  head = make_model_fn(module=module)
+
+  def model_fn(features, labels, mode, params):
+    spec = head(features, labels, mode, params)
+    if mode != tpu.ModeKeys.EVAL:
+      return spec
+    _, logits = spec.eval_metrics[1]
+    predictions = tf.argmax(logits, 1)
+    step = tf.cast(v1.train.get_global_step(), tf.float32)
+    return spec_class(mode, loss=spec.loss, eval_metric_ops={
+        'accuracy': v1.metrics.accuracy(labels, predictions),
+        'precision': v1.metrics.precision(labels, predictions),
+        'step_mean': v1.metrics.mean(step * tf.ones_like(spec.loss))})
+  return model_fn
+
+
+def short_eval_input_fn(params):
+  # 60 examples: the last batch is short.
+  x, y = _examples(1)
+  return tf.data.Dataset.from_tensor_slices(({'x': x[:60]}, y[:60])).batch(
+      params['batch_size'])
+
+
+def _expected_metrics(estimator):
+  x, y = _examples(1)
+  logits = np.stack([p['logits'] for p in estimator.predict(
+      lambda params: tf.data.Dataset.from_tensor_slices({'x': x[:60]}).batch(
+          params['batch_size']))])
+  predicted = np.argmax(logits, 1)
+  y = y[:60]
+  return {'accuracy': np.mean(predicted == y),
+          'precision': np.sum((predicted == 1) & (y == 1)) / np.sum(
+              predicted == 1)}
+
+
+@pytest.mark.parametrize('use_tpu', [False, True])
+def test_estimator_spec_eval_metric_ops_off_a_tpu(tmp_path, use_tpu):
+  # TPUEstimator evaluates a plain EstimatorSpec's eval_metric_ops on the
+  # CPU with use_tpu=False, or with eval_on_tpu=False.
+  config = tpu.RunConfig(
+      model_dir=str(tmp_path), save_checkpoints_steps=1000,
+      tpu_config=tpu.TPUConfig(iterations_per_loop=2, num_shards=2))
+  estimator = tpu.TPUEstimator(
+      model_fn=_metric_ops_model_fn(tpu), config=config, use_tpu=use_tpu,
+      eval_on_tpu=False, train_batch_size=BATCH, eval_batch_size=BATCH,
+      predict_batch_size=BATCH, params={'learning_rate': 0.5})
+  estimator.train(train_input_fn, max_steps=4)
+  results = estimator.evaluate(short_eval_input_fn)
+  expected = _expected_metrics(estimator)
+  for key, value in expected.items():
+    np.testing.assert_allclose(results[key], value, rtol=1e-6, err_msg=key)
+  assert results['step_mean'] == 4.0
+  # Evaluation rounds in one training graph: each round's metrics start
+  # from zero, so the step's mean is the round's step.
+  history = estimator.train_and_evaluate(train_input_fn, short_eval_input_fn,
+                                         max_steps=8, eval_every_steps=2)
+  assert [(r['global_step'], r['step_mean']) for r in history] == [
+      (6, 6.0), (8, 8.0)]
+  for key, value in _expected_metrics(estimator).items():
+    np.testing.assert_allclose(history[-1][key], value, rtol=1e-6)
+
+
+@requires_estimator
+def test_estimator_spec_eval_metric_ops_give_stock_numbers(tmp_path):
+  got = {}
+  for name, module in (('stock', v1.estimator.tpu), ('hook', tpu)):
+    config = module.RunConfig(
+        model_dir=str(tmp_path / name), save_checkpoints_steps=1000,
+        tpu_config=module.TPUConfig(iterations_per_loop=2))
+    estimator = module.TPUEstimator(
+        model_fn=_metric_ops_model_fn(module, (
+            v1.estimator.EstimatorSpec if name == 'stock' else
+            tpu.EstimatorSpec)), config=config, use_tpu=False,
+        train_batch_size=BATCH, eval_batch_size=BATCH,
+        params={'learning_rate': 0.5})
+    estimator.train(train_input_fn, max_steps=4)
+    got[name] = estimator.evaluate(short_eval_input_fn)
+  for key in ('accuracy', 'precision', 'step_mean', 'loss', 'global_step'):
+    np.testing.assert_allclose(got['hook'][key], got['stock'][key],
+                               rtol=1e-5, err_msg=key)
