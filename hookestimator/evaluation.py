@@ -210,9 +210,13 @@ class MetricsReader(object):
     return results
 
 
-def write_results(writer, results, step):
-  """Writes the scalar results as TensorBoard scalars at `step`."""
+def write_results(writer, results, step, checkpoint_path=None):
+  """Writes the scalar results as TensorBoard scalars at `step`, and, as
+  Estimator does, the path of the checkpoint evaluated."""
   summary = v1.Summary()
+  if checkpoint_path is not None:
+    summary.value.add(tag='checkpoint_path', tensor=tf.make_tensor_proto(
+        checkpoint_path, dtype=tf.string))
   for name in sorted(results):
     value = results[name]
     if name == 'global_step':
@@ -271,7 +275,8 @@ class Evaluation(inference.InferenceRun):
     results = self._results.results
     writer = event_writer.EventWriter(self._directory, self.graph)
     try:
-      write_results(writer, results, results['global_step'])
+      write_results(writer, results, results['global_step'],
+                    self.checkpoint)
     finally:
       writer.close()
     log.info('Evaluation at step %d: %s', results['global_step'],

@@ -191,6 +191,7 @@ class InferenceRun(object):
     signatures.check_input_fn(input_fn)
     user_hooks = check_hooks(hooks)
     checkpoint = checkpoint_to_read(estimator, checkpoint_path)
+    self.checkpoint = checkpoint
     config = estimator.config
     self.graph = tf.Graph()
     with self.graph.as_default():

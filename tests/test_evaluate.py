@@ -102,7 +102,21 @@ def test_summaries_go_to_the_eval_directory_at_the_global_step(tmp_path):
     scalars = read_scalars(os.path.join(est.model_dir, directory))
     assert list(scalars['accuracy']) == [12]
     assert list(scalars['loss']) == [12]
+    # As Estimator: the checkpoint evaluated, a string at the same step.
+    assert _string_events(os.path.join(est.model_dir, directory)) == [
+        ('checkpoint_path', 12, est.latest_checkpoint())]
   assert 'accuracy' not in read_scalars(est.model_dir)
+
+
+def _string_events(directory):
+  found = []
+  for path in sorted(tf.io.gfile.glob(os.path.join(directory, 'events*'))):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.HasField('tensor') and value.tensor.dtype == tf.string:
+          found.append((value.tag, event.step,
+                        tf.make_ndarray(value.tensor).item().decode()))
+  return found
 
 
 def test_an_earlier_checkpoint_by_path(tmp_path):
