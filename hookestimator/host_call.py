@@ -138,12 +138,17 @@ class OutfeedReader(object):
       return 0
     steps = out['step']
     for index, step in enumerate(steps):
-      summary = v1.Summary()
-      summary.value.add(tag=self.tags['loss'],
-                        simple_value=float(out['loss'][index]))
-      for key, column in zip(self._keys, out.get('scalars', ())):
-        summary.value.add(tag=key, simple_value=float(column[index]))
-      self._writer.add_summary(summary, int(step))
+      # Estimator writes a step's loss at the global step after it (the
+      # first step's loss at 1); host_call's scalars keep the step's own.
+      loss = v1.Summary()
+      loss.value.add(tag=self.tags['loss'],
+                     simple_value=float(out['loss'][index]))
+      self._writer.add_summary(loss, int(step) + 1)
+      if self._keys:
+        scalars = v1.Summary()
+        for key, column in zip(self._keys, out['scalars']):
+          scalars.value.add(tag=key, simple_value=float(column[index]))
+        self._writer.add_summary(scalars, int(step))
     if self._per_step is not None:
       self._run_per_step(session, steps, out['values'])
     return len(steps)

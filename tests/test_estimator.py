@@ -108,7 +108,7 @@ def test_end_of_input_stops_at_the_last_full_batch(make_estimator, feeding):
   assert recorder.steps == [5, 10]  # the cut-short third loop raised
   assert recorder.calls[-1] == 'end'
   # Every consumed step came back through the outfeed exactly once.
-  assert sorted(read_scalars(est.model_dir)['loss']) == list(range(12))
+  assert sorted(read_scalars(est.model_dir)['loss']) == list(range(1, 13))
   assert framework_threads() == []
 
 
@@ -119,7 +119,7 @@ def test_end_of_input_exactly_at_a_loop_boundary(make_estimator, feeding):
   est = make_estimator(iterations_per_loop=5, feeding=feeding)
   est.train(finite_input_fn)
   assert est.get_variable_value('global_step') == 10
-  assert sorted(read_scalars(est.model_dir)['loss']) == list(range(10))
+  assert sorted(read_scalars(est.model_dir)['loss']) == list(range(1, 11))
   assert framework_threads() == []
 
 
@@ -146,7 +146,7 @@ def test_host_call_dict_is_written_as_scalars_at_each_step(make_estimator):
   for step in range(10):
     assert scalars['step_copy'][step] == step
     assert scalars['twice_loss'][step] == pytest.approx(
-        2 * scalars['loss'][step], rel=1e-6)
+        2 * scalars['loss'][step + 1], rel=1e-6)
   # Per-loop throughput scalars at the step each loop ended.
   assert sorted(scalars['examples/sec']) == [4, 8, 10]
   assert sorted(scalars['global_step/sec']) == [4, 8, 10]
@@ -158,7 +158,7 @@ def test_short_loops_report_throughput_every_log_step_count_steps(
   est.train(input_fn, steps=13)
   scalars = read_scalars(est.model_dir)
   assert sorted(scalars['examples/sec']) == [6, 12]
-  assert sorted(scalars['loss']) == list(range(13))
+  assert sorted(scalars['loss']) == list(range(1, 14))
 
 
 def test_host_call_with_dict_tensors(make_estimator):
@@ -171,7 +171,8 @@ def test_host_call_with_dict_tensors(make_estimator):
   est.train(input_fn, steps=5)
   scalars = read_scalars(est.model_dir)
   for step in range(5):
-    assert scalars['value'][step] == pytest.approx(scalars['loss'][step] + step)
+    assert scalars['value'][step] == pytest.approx(
+        scalars['loss'][step + 1] + step)
 
 
 def test_host_call_building_its_own_summary_ops(make_estimator, tmp_path):
@@ -192,7 +193,8 @@ def test_host_call_building_its_own_summary_ops(make_estimator, tmp_path):
   assert sorted(scalars['own_loss']) == list(range(6))
   loss = read_scalars(est.model_dir)['loss']
   for step in range(6):
-    assert scalars['own_loss'][step] == pytest.approx(loss[step], rel=1e-6)
+    assert scalars['own_loss'][step] == pytest.approx(loss[step + 1],
+                                                      rel=1e-6)
 
 
 def test_host_call_returning_v1_summaries(make_estimator):

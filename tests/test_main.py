@@ -61,7 +61,7 @@ def test_tiny_run_writes_checkpoint_operative_config_and_events(
   texts = text_summaries(tmp_path)
   assert 'TRAIN_STEPS = 60' in texts[('gin/operative_config', 0)]
   scalars = read_scalars(tmp_path)
-  assert sorted(scalars['loss']) == list(range(60))
+  assert sorted(scalars['loss']) == list(range(1, 61))
   assert sorted(scalars['train_accuracy']) == list(range(60))
   out = capsys.readouterr().out
   assert 'global step 60' in out
@@ -96,17 +96,18 @@ def test_second_run_resumes_and_keeps_the_first_runs_config(tmp_path):
   with open(str(model_dir / 'operative_config-60.gin')) as f:
     assert 'TRAIN_STEPS = 100' in f.read()
   loss = read_scalars(model_dir)['loss']
-  assert sorted(loss) == list(range(100))
-  # The second run restored the checkpoint: its own event files hold steps
-  # 60..99 only, and it went on from the first run's weights (a model
-  # trained from scratch starts near the first run's first loss).
+  assert sorted(loss) == list(range(1, 101))
+  # The second run restored the checkpoint: its own event files hold the
+  # losses of steps 60..99 only (each at the step after it), and it went on
+  # from the first run's weights (a model trained from scratch starts near
+  # the first run's first loss).
   (tmp_path / 'second').mkdir()
   for path in _event_files(model_dir) - first_run_files:
     shutil.copy(path, str(tmp_path / 'second'))
   assert sorted(read_scalars(tmp_path / 'second')['loss']) == list(
-      range(60, 100))
-  assert np.mean([loss[s] for s in range(60, 65)]) < 0.5 * np.mean(
-      [loss[s] for s in range(5)])
+      range(61, 101))
+  assert np.mean([loss[s] for s in range(61, 66)]) < 0.5 * np.mean(
+      [loss[s] for s in range(1, 6)])
 
 
 def test_run_already_at_its_steps_trains_nothing(tmp_path):

@@ -143,7 +143,7 @@ def test_a_signal_stopped_training_leaves_no_thread_and_complete_events(
   assert uncaught_signals == []
   assert _left_behind(before) == []
   scalars = read_scalars(est.model_dir)
-  assert sorted(scalars['loss']) == list(range(12))
+  assert sorted(scalars['loss']) == list(range(1, 13))
   assert sorted(scalars['examples/sec']) == [4, 8, 12]
 
 
@@ -152,7 +152,7 @@ def test_two_runs_into_one_model_dir_keep_both_runs_events(make_estimator):
   est = make_estimator(iterations_per_loop=3)
   est.train(input_fn, steps=3)
   est.train(input_fn, steps=3)
-  assert sorted(read_scalars(est.model_dir)['loss']) == list(range(6))
+  assert sorted(read_scalars(est.model_dir)['loss']) == list(range(1, 7))
 
 
 def _event_files(logdir):
