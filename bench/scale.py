@@ -1,10 +1,13 @@
-"""Scale: the startup and step cost of N replicas in one process.
+"""Scale: the startup and step cost of N replicas in one process, and of
+a cluster of W loopback worker processes.
 
 Run from the repository root:
 
-    python -m bench.scale              # MLP N = 1, 8, 32, 128; gpt2 tiny 1, 8, 32
-    python -m bench.scale --quick      # MLP N = 1, 2 and gpt2 tiny N = 1, 2
-    python -m bench.scale --models gpt2 --replicas 1 8
+    python -m bench.scale              # MLP N = 1, 8, 32, 128; gpt2 tiny 1, 8, 32;
+                                       # then MLP on W = 1, 2, 4 workers
+    python -m bench.scale --quick      # MLP N = 1, 2 and gpt2 tiny N = 1, 2; W = 1, 2
+    python -m bench.scale --models gpt2 --replicas 1 8 --no_workers
+    python -m bench.scale --models mlp --replicas 1 --loops 2 --workers 1 2 4
 
 Each row trains a fresh `HookEstimator` with `RunConfig(num_replicas=N)`
 on N CPU devices in this process, with a fixed batch per replica (the
@@ -32,6 +35,24 @@ timestamps the call's phases, measured from the start of train():
 Per replica = (first step at N - first step at 1) / (N - 1). The graph's
 node count is that of the training graph. CPU seconds are this process's
 user + system time up to the graph being built.
+
+Loopback workers (skipped with --no_workers): for each W of --workers
+(default 1, 2, 4; 1, 2 with --quick) a cluster of W processes, the chief
+and W - 1 workers, each with TF_CONFIG naming its task on free 127.0.0.1
+ports, 1 replica each, training --workers_model (mlp, as its row above, or
+gpt2) for --loops loops at the same batch per replica (the global batch
+grows with W). W = 1 is the chief alone, in a process of its own. The
+processes are started as bench.cluster starts its own (its launch(),
+tf_config() and kill_group()), each in a process group of its own, all
+killed when the cluster ends, passes or fails, or LOOPBACK_SECS pass. The
+chief measures its own train() call with the phase hook above and prints
+its row as one line; the table gives, per W, the chief's training-graph
+node count, its CPU seconds (user + system) up to the graph being built,
+and the wall time from the start of train() to the end of the first step
+(which includes waiting for the workers' servers). Then the ratios W=4 /
+W=1 of the nodes and build CPU, against the target of at most 1.2x: "met"
+or "missed" (at a largest W other than 4 the ratio is printed, not
+judged). Every process shares this machine's cores.
 """
 from __future__ import absolute_import, division, print_function
 
