@@ -1,10 +1,14 @@
 """bench.scale: a tiny run of the MLP at 1 and 2 replicas, a tiny
-loopback cluster of 1 and 2 worker processes, and the tables and ratio
+loopback cluster of 1 and 2 worker processes (and one out of time), and
+the tables and ratio
 arithmetic on rows made up here."""
 import math
+import os
+import signal
 
 import pytest
 
+from bench import cluster as cluster_bench
 from bench import scale
 from tests.processes import listening
 
@@ -49,6 +53,38 @@ def test_loopback_workers_measure_the_chief_and_leave_no_process(capsys):
   assert '| 2 | %d | %.2f | %.2f |' % (
       rows[1]['nodes'], rows[1]['build_cpu'], rows[1]['first_step']) in out
   assert 'W=2 / W=1: chief graph nodes' in out
+
+
+def _group_gone(process):
+  try:
+    os.killpg(process.pid, 0)
+  except OSError:
+    return True
+  return False
+
+
+@pytest.mark.timeout(120)
+def test_a_loopback_cluster_out_of_time_raises_and_its_groups_are_killed(
+    monkeypatch):
+  launched = []
+  ports = []
+  real_launch, real_free_ports = cluster_bench.launch, cluster_bench.free_ports
+
+  def launch(*args, **kwargs):
+    launched.append(real_launch(*args, **kwargs))
+    return launched[-1]
+
+  def free_ports(count):
+    ports.extend(real_free_ports(count))
+    return ports
+  monkeypatch.setattr(cluster_bench, 'launch', launch)
+  monkeypatch.setattr(cluster_bench, 'free_ports', free_ports)
+  with pytest.raises(RuntimeError, match='timed out after 3 s'):
+    scale.measure_loopback('mlp', 2, 2, timeout=3)
+  assert len(launched) == 2 and len(ports) == 2
+  assert all(_group_gone(p) for p in launched)
+  assert all(p.returncode == -signal.SIGKILL for p in launched)
+  assert not any(listening(p) for p in ports)
 
 
 def _loopback_row(workers, nodes, build_cpu):
