@@ -1,7 +1,6 @@
 """bench.scale: a tiny run of the MLP at 1 and 2 replicas, a tiny
 loopback cluster of 1 and 2 worker processes (and one out of time), and
-the tables and ratio
-arithmetic on rows made up here."""
+the tables and ratio arithmetic on rows made up here."""
 import math
 import os
 import signal
