@@ -264,7 +264,8 @@ def measure_loopback(model_name, workers, loops, timeout=LOOPBACK_SECS):
             'bench.scale', argv,
             cluster_bench.tf_config(ports, task_type, index), output))
     deadline = time.monotonic() + timeout
-    # The chief last: it ends when the run does, and the workers then.
+    # Started last, the chief is waited for first: the workers end after
+    # it, when the run does.
     for process, (task_type, index) in reversed(list(zip(processes,
                                                          tasks))):
       try:
