@@ -50,11 +50,15 @@ def free_ports(count):
       s.close()
 
 
-def _tf_config(ports, task_type):
-  return json.dumps({
-      'cluster': {'chief': ['127.0.0.1:%d' % ports[0]],
-                  'worker': ['127.0.0.1:%d' % p for p in ports[1:]]},
-      'task': {'type': task_type, 'index': 0}})
+def tf_config(ports, task_type, index=0):
+  """TF_CONFIG of a loopback cluster: the chief on ports[0], a worker on
+  each other port (no worker job when there is none); this process is
+  task `index` of `task_type`."""
+  jobs = {'chief': ['127.0.0.1:%d' % ports[0]]}
+  if ports[1:]:
+    jobs['worker'] = ['127.0.0.1:%d' % p for p in ports[1:]]
+  return json.dumps({'cluster': jobs,
+                     'task': {'type': task_type, 'index': index}})
 
 
 def child(cluster, hidden, steps, allreduce_steps):
@@ -143,25 +147,40 @@ def _AllReduceTimer(v1, tf, cluster, parameters, steps, out):
   return AllReduceTimer()
 
 
-def _run(argv, tf_config_value=None):
+def launch(module, argv, tf_config_value=None, output=None):
+  """Starts `python -m module argv` from the repository root, in a process
+  group of its own (kill it with kill_group), with TF_CONFIG set to
+  `tf_config_value` (unset when None). Its stdout and stderr go to pipes,
+  or both to the open file `output`."""
   env = dict(os.environ, PYTHONPATH=REPO_ROOT)
   env.pop('TF_CONFIG', None)
   if tf_config_value is not None:
     env['TF_CONFIG'] = tf_config_value
-  return subprocess.Popen([sys.executable, '-m', 'bench.cluster'] + argv,
-                          cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True,
-                          start_new_session=True)
+  streams = ({'stdout': subprocess.PIPE, 'stderr': subprocess.PIPE}
+             if output is None else
+             {'stdout': output, 'stderr': subprocess.STDOUT})
+  return subprocess.Popen([sys.executable, '-m', module] + argv,
+                          cwd=REPO_ROOT, env=env, universal_newlines=True,
+                          start_new_session=True, **streams)
+
+
+def kill_group(process):
+  """Kills `process`'s process group, if any of it is left."""
+  try:
+    os.killpg(process.pid, signal.SIGKILL)
+  except OSError:
+    pass  # Ended already, with its group.
+
+
+def _run(argv, tf_config_value=None):
+  return launch('bench.cluster', argv, tf_config_value)
 
 
 def _result(process):
   try:
     out, err = process.communicate(timeout=CHILD_SECS)
   finally:
-    try:
-      os.killpg(process.pid, signal.SIGKILL)
-    except OSError:
-      pass
+    kill_group(process)
   if process.returncode != 0:
     raise RuntimeError('a bench task failed (%d): %s' % (process.returncode,
                                                          err[-2000:]))
@@ -176,8 +195,8 @@ def measure(hidden, workers, steps, allreduce_steps):
   if workers == 1:
     return _result(_run(child_argv))[0]
   ports = free_ports(workers)
-  others = [_run(child_argv, _tf_config(ports, 'worker'))]
-  chief = _run(child_argv, _tf_config(ports, 'chief'))
+  others = [_run(child_argv, tf_config(ports, 'worker'))]
+  chief = _run(child_argv, tf_config(ports, 'chief'))
   try:
     row = _result(chief)[0]
     for other in others:
@@ -185,10 +204,7 @@ def measure(hidden, workers, steps, allreduce_steps):
     return row
   finally:
     for process in [chief] + others:
-      try:
-        os.killpg(process.pid, signal.SIGKILL)
-      except OSError:
-        pass
+      kill_group(process)
 
 
 def report(rows):

@@ -1,10 +1,13 @@
-"""Scale: the startup and step cost of N replicas in one process.
+"""Scale: the startup and step cost of N replicas in one process, and of
+a cluster of W loopback worker processes.
 
 Run from the repository root:
 
-    python -m bench.scale              # MLP N = 1, 8, 32, 128; gpt2 tiny 1, 8, 32
-    python -m bench.scale --quick      # MLP N = 1, 2 and gpt2 tiny N = 1, 2
-    python -m bench.scale --models gpt2 --replicas 1 8
+    python -m bench.scale              # MLP N = 1, 8, 32, 128; gpt2 tiny 1, 8, 32;
+                                       # then MLP on W = 1, 2, 4 workers
+    python -m bench.scale --quick      # MLP N = 1, 2 and gpt2 tiny N = 1, 2; W = 1, 2
+    python -m bench.scale --models gpt2 --replicas 1 8 --no_workers
+    python -m bench.scale --models mlp --replicas 1 --loops 2 --workers 1 2 4
 
 Each row trains a fresh `HookEstimator` with `RunConfig(num_replicas=N)`
 on N CPU devices in this process, with a fixed batch per replica (the
@@ -32,6 +35,24 @@ timestamps the call's phases, measured from the start of train():
 Per replica = (first step at N - first step at 1) / (N - 1). The graph's
 node count is that of the training graph. CPU seconds are this process's
 user + system time up to the graph being built.
+
+Loopback workers (skipped with --no_workers): for each W of --workers
+(default 1, 2, 4; 1, 2 with --quick) a cluster of W processes, the chief
+and W - 1 workers, each with TF_CONFIG naming its task on free 127.0.0.1
+ports, 1 replica each, training --workers_model (mlp, as its row above, or
+gpt2) for --loops loops at the same batch per replica (the global batch
+grows with W). W = 1 is the chief alone, in a process of its own. The
+processes are started as bench.cluster starts its own (its launch(),
+tf_config() and kill_group()), each in a process group of its own, all
+killed when the cluster ends, passes or fails, or LOOPBACK_SECS pass. The
+chief measures its own train() call with the phase hook above and prints
+its row as one line; the table gives, per W, the chief's training-graph
+node count, its CPU seconds (user + system) up to the graph being built,
+and the wall time from the start of train() to the end of the first step
+(which includes waiting for the workers' servers). Then the ratios W=4 /
+W=1 of the nodes and build CPU, against the target of at most 1.2x: "met"
+or "missed" (at a largest W other than 4 the ratio is printed, not
+judged). Every process shares this machine's cores.
 """
 from __future__ import absolute_import, division, print_function
 
@@ -39,6 +60,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -50,6 +72,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import tensorflow as tf  # noqa: E402
 
 import hookestimator as he  # noqa: E402
+from hookestimator import cluster as cluster_lib  # noqa: E402
 from bench.common import describe_machine  # noqa: E402
 from hookestimator.models import digits_mlp  # noqa: E402
 from hookestimator.models import gpt2  # noqa: E402
@@ -105,17 +128,28 @@ class PhaseHook(v1.train.SessionRunHook):
     self.loop_end_cpus.append(self._cpu())
 
 
-def measure(model_name, count, loops, root):
-  """One row: the phases of a train() call of `loops` loops at `count`
-  replicas. Returns a dict of figures."""
+def make_estimator(model_name, count, root, cluster=''):
+  """(estimator, model, steps per loop) of a row: `count` replicas in this
+  process, on `cluster` (RunConfig's; '' for none, None for TF_CONFIG's),
+  at a fixed batch per replica."""
   factory, per_replica, ipl = MODELS[model_name]
   model = factory()
   config = he.RunConfig(
       model_dir=os.path.join(root, '%s_%d' % (model_name, count)),
-      iterations_per_loop=ipl, num_replicas=count,
+      iterations_per_loop=ipl, num_replicas=count, cluster=cluster,
       save_checkpoints_steps=NEVER, log_step_count_steps=NEVER)
-  estimator = he.HookEstimator(model.model_fn, config=config,
-                               train_batch_size=per_replica * count)
+  workers = config.cluster.num_workers if config.cluster else 1
+  estimator = he.HookEstimator(
+      model.model_fn, config=config,
+      train_batch_size=per_replica * count * workers)
+  return estimator, model, ipl
+
+
+def measure(model_name, count, loops, root, cluster=''):
+  """One row: the phases of a train() call of `loops` loops at `count`
+  replicas (on `cluster`, as make_estimator's). Returns a dict of
+  figures."""
+  estimator, model, ipl = make_estimator(model_name, count, root, cluster)
   cpu_start = process_cpu()
   start = time.monotonic()
   hook = PhaseHook(start, cpu_start)
@@ -181,10 +215,140 @@ def table(rows):
   return lines
 
 
-LOOPBACK_TODO = (
-    'Loopback workers (W = 1, 2, 4 worker processes of 1 replica each: the '
-    "chief's graph size, its build CPU time and the wall time to the first "
-    'step) are not measured yet: TODO.')
+# Loopback workers: each worker process (the chief included) runs this
+# many replicas; the target for the chief's graph nodes and build CPU at
+# 4 workers over 1.
+WORKERS = (1, 2, 4)
+QUICK_WORKERS = (1, 2)
+TARGET_WORKERS = 4
+TARGET_RATIO = 1.2
+LOOPBACK_SECS = 600  # No loopback cluster of this bench may run longer.
+
+
+def loopback_task(model_name, loops):
+  """One task of a loopback cluster, TF_CONFIG set: trains one replica of
+  `model_name`; the chief measures its train() call (measure()) and prints
+  its row as one line 'ROW <json>'."""
+  root = tempfile.mkdtemp(prefix='scale_task_')
+  # A chief alone (W = 1) has no Cluster: it trains in its process.
+  cluster = cluster_lib.from_environment()
+  try:
+    if cluster is None or cluster.is_chief:
+      row = measure(model_name, 1, loops, root, cluster=None)
+      print('ROW ' + json.dumps(row))
+      sys.stdout.flush()
+    else:
+      estimator, model, ipl = make_estimator(model_name, 1, root, None)
+      estimator.train(model.train_input_fn, steps=ipl * loops)
+  finally:
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def measure_loopback(model_name, workers, loops, timeout=LOOPBACK_SECS):
+  """A loopback cluster of `workers` processes (the chief and workers - 1
+  workers, 1 replica each, each in its own process group, killed on every
+  path) training `model_name` for `loops` loops; the chief's row, with
+  'workers' and the cluster's 'ports'."""
+  from bench import cluster as cluster_bench  # pylint: disable=g-import-not-at-top
+  ports = cluster_bench.free_ports(workers)
+  argv = ['--loopback_task', '--workers_model', model_name, '--loops',
+          str(loops)]
+  logs = tempfile.mkdtemp(prefix='scale_loopback_')
+  processes = []
+  try:
+    tasks = [('worker', i) for i in range(workers - 1)] + [('chief', 0)]
+    for task_type, index in tasks:
+      with open(os.path.join(logs, '%s_%d.log' % (task_type, index)),
+                'w') as output:
+        processes.append(cluster_bench.launch(
+            'bench.scale', argv,
+            cluster_bench.tf_config(ports, task_type, index), output))
+    deadline = time.monotonic() + timeout
+    # Started last, the chief is waited for first: the workers end after
+    # it, when the run does.
+    for process, (task_type, index) in reversed(list(zip(processes,
+                                                         tasks))):
+      try:
+        code = process.wait(max(deadline - time.monotonic(), 0.1))
+      except subprocess.TimeoutExpired:
+        code = 'timed out after %d s' % timeout
+      if code != 0:
+        with open(os.path.join(logs, '%s_%d.log' % (task_type,
+                                                    index))) as f:
+          raise RuntimeError('loopback %s %d of %d workers failed (%s): %s' %
+                             (task_type, index, workers, code,
+                              f.read()[-3000:]))
+    with open(os.path.join(logs, 'chief_0.log')) as f:
+      lines = [line[4:] for line in f.read().splitlines()
+               if line.startswith('ROW ')]
+    row = json.loads(lines[-1])
+  finally:
+    for process in processes:
+      cluster_bench.kill_group(process)
+      try:
+        process.wait(10)
+      except subprocess.TimeoutExpired:
+        pass
+    shutil.rmtree(logs, ignore_errors=True)
+  row['workers'] = workers
+  row['ports'] = ports
+  return row
+
+
+def loopback_ratios(rows):
+  """(W, nodes at W / at 1, build CPU at W / at 1) for the most workers
+  measured, or None without W = 1 and a W > 1."""
+  ones = [r for r in rows if r['workers'] == 1]
+  most = max(rows, key=lambda r: r['workers']) if rows else None
+  if not ones or most['workers'] == 1:
+    return None
+  return (most['workers'], most['nodes'] / ones[0]['nodes'],
+          most['build_cpu'] / ones[0]['build_cpu'])
+
+
+LOOPBACK_HEADER = ('| workers | chief graph nodes | chief build CPU s | '
+                   'wall to first step s |')
+
+
+def loopback_table(rows):
+  lines = [LOOPBACK_HEADER, '|---:|---:|---:|---:|']
+  for row in rows:
+    lines.append('| %d | %d | %.2f | %.2f |' % (
+        row['workers'], row['nodes'], row['build_cpu'], row['first_step']))
+  ratios = loopback_ratios(rows)
+  if ratios is None:
+    return lines
+  workers, nodes, cpu = ratios
+  if workers == TARGET_WORKERS:
+    verdict = ('target at most %.1fx: %s' % (
+        TARGET_RATIO, 'met' if max(nodes, cpu) <= TARGET_RATIO
+        else 'missed'))
+  else:
+    verdict = ('the target (at most %.1fx) is set at W = %d, not judged' %
+               (TARGET_RATIO, TARGET_WORKERS))
+  lines.append('')
+  lines.append('W=%d / W=1: chief graph nodes %.2fx, chief build CPU %.2fx '
+               '(%s)' % (workers, nodes, cpu, verdict))
+  return lines
+
+
+def run_loopback(args):
+  """The loopback-workers part: one cluster per worker count, its table."""
+  counts = args.workers or (QUICK_WORKERS if args.quick else WORKERS)
+  rows = []
+  for workers in counts:
+    row = measure_loopback(args.workers_model, workers, args.loops)
+    rows.append(row)
+    print('loopback %s W=%d: chief %d nodes, build CPU %.2f s, first step '
+          '%.2f s' % (row['model'], workers, row['nodes'], row['build_cpu'],
+                      row['first_step']))
+    sys.stdout.flush()
+  print()
+  print('Loopback workers (127.0.0.1, every process on this machine), %s, '
+        '1 replica a worker, from the chief:' % args.workers_model)
+  for line in loopback_table(rows):
+    print(line)
+  return rows
 
 
 def describe(row):
@@ -295,8 +459,9 @@ def run(args):
   else:
     for line in table(rows):
       print(line)
-  print()
-  print(LOOPBACK_TODO)
+  if not args.no_workers:
+    print()
+    run_loopback(args)
   return rows
 
 
@@ -317,14 +482,32 @@ def parse_args(argv=None):
                       'also runs with its hookestimator package, side by '
                       'side (each row in a process of its own), and the '
                       'per-replica startup ratios are printed')
+  parser.add_argument('--workers', nargs='+', type=int, default=None,
+                      help='worker counts of the loopback-workers part '
+                      '(default: 1 2 4; 1 2 with --quick)')
+  parser.add_argument('--workers_model', choices=sorted(MODELS),
+                      default='mlp',
+                      help='the model of the loopback-workers part')
+  parser.add_argument('--no_workers', action='store_true',
+                      help='skip the loopback-workers part')
+  parser.add_argument('--loopback_task', action='store_true',
+                      help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.loops < 2:
     parser.error('--loops must be at least 2, got %d' % args.loops)
+  if args.workers and min(args.workers) < 1:
+    parser.error('--workers must be at least 1, got %s' % args.workers)
   return args
 
 
 def main(argv=None):
-  run(parse_args(argv))
+  args = parse_args(argv)
+  if args.loopback_task:
+    loopback_task(args.workers_model, args.loops)
+    return
+  # A SIGTERM (a timeout) unwinds, so that every task's group is killed.
+  signal.signal(signal.SIGTERM, lambda *unused: sys.exit(128 + signal.SIGTERM))
+  run(args)
 
 
 if __name__ == '__main__':
