@@ -74,9 +74,13 @@ class _Outfed(object):
         replicas=replicas)
     self.has_loss = spec.loss is not None
     values = [tf.cast(spec.loss, tf.float32)] if self.has_loss else []
-    if isinstance(self.metrics, metric_ops.MetricOps):
-      return values + self.metrics.values
     return values + (self.metrics.tensors if self.metrics else [])
+
+
+def _check_metric_name(name, has_loss, source):
+  if name in RESERVED_METRIC_NAMES and (name != 'loss' or has_loss):
+    raise ValueError('%s a metric named %r, which the evaluation reports '
+                     'itself; rename it' % (source, name))
 
 
 def _check_metric_ops(result, has_loss):
@@ -88,9 +92,7 @@ def _check_metric_ops(result, has_loss):
     if not isinstance(name, str):
       raise TypeError('eval_metrics metric_fn returned the key %r; metric '
                       'names must be strings' % (name,))
-    if name in RESERVED_METRIC_NAMES and (name != 'loss' or has_loss):
-      raise ValueError('eval_metrics metric_fn returned a metric named %r, '
-                       'which the evaluation reports itself; rename it' % name)
+    _check_metric_name(name, has_loss, 'eval_metrics metric_fn returned')
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
       raise TypeError('eval_metrics metric_fn returned %r for %r; expected a '
                       '(value, update_op) pair' % (pair, name))
@@ -120,8 +122,8 @@ class MetricsReader(object):
       # The loop's own metric values, one per step: the last real step's
       # are the results.
       self._in_loop = outfed.metrics.names
-      _check_metric_ops({name: (None, None) for name in self._in_loop},
-                        self._has_loss)
+      for name in self._in_loop:
+        _check_metric_name(name, self._has_loss, 'eval_metric_ops has')
       self._fetches['in_loop'] = stacked[2 if self._has_loss else 1:]
       metric_variables = outfed.metrics.variables
     elif outfed.metrics is not None:

@@ -59,7 +59,8 @@ class MetricOps(object):
 
   Attributes:
     names: the metric names, sorted.
-    values: their value tensors (scalars), each read after every update.
+    tensors: their value tensors (scalars), each read after every update:
+      what each step outfeeds, as an eval_metrics HostCall's tensors.
     variables: the local variables the updates change, to reset between
       evaluations.
   """
@@ -91,7 +92,7 @@ class MetricOps(object):
           self.update not in read.control_inputs):
         read._add_control_inputs([self.update])  # pylint: disable=protected-access
     with tf.control_dependencies([self.update]):
-      self.values = [tf.identity(v) for v in values]
+      self.tensors = [tf.identity(v) for v in values]
     self.variables = _local_variables_of(before_update)
 
 

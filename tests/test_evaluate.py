@@ -228,6 +228,12 @@ def _estimator_spec_with_a_vector_metric(features, labels, mode, params):
       'vector': (tf.zeros([2]), tf.no_op())})
 
 
+def _estimator_spec_with_a_reserved_name(features, labels, mode, params):
+  spec = models.model_fn(features, labels, mode, params)
+  return he.EstimatorSpec(mode, loss=spec.loss, eval_metric_ops={
+      'global_step': v1.metrics.mean(spec.loss)})
+
+
 def _scalar_metric_tensor(features, labels, mode, params):
   spec = models.model_fn(features, labels, mode, params)
   return spec._replace(eval_metrics=(
@@ -240,6 +246,8 @@ def _scalar_metric_tensor(features, labels, mode, params):
      'EVAL spec without loss and without eval_metrics'),
     (_estimator_spec_with_a_vector_metric, ValueError,
      r"eval_metric_ops\['vector'\] has the value .*; expected a scalar"),
+    (_estimator_spec_with_a_reserved_name, ValueError,
+     "eval_metric_ops has a metric named 'global_step'"),
     (_metric_fn_returning(lambda labels: [1]), TypeError,
      r'metric_fn returned \[1\]; expected a dict'),
     (_metric_fn_returning(lambda labels: {

@@ -228,6 +228,15 @@ def test_init_from_checkpoint_and_tables_inside_model_fn(tmp_path, use_tpu):
   assert len(list(estimator.predict(predict_input_fn))) == BATCH
 
 
+def _cross_shard_spec(mode, labels, logits):
+  loss = v1.losses.sparse_softmax_cross_entropy(labels, logits)
+  optimizer = v1.tpu.CrossShardOptimizer(
+      v1.train.GradientDescentOptimizer(0.1))
+  return tpu.TPUEstimatorSpec(
+      mode, loss=loss,
+      train_op=optimizer.minimize(loss, v1.train.get_global_step()))
+
+
 def test_a_replica_making_other_variables_is_named(tmp_path):
   replicas = []
 
@@ -235,13 +244,8 @@ def test_a_replica_making_other_variables_is_named(tmp_path):
     replicas.append(mode)
     shape = [4, 2] if len(replicas) == 1 else [4, 3]
     w = v1.get_variable('w', shape)
-    logits = tf.matmul(features['x'], w)[:, :2]
-    loss = v1.losses.sparse_softmax_cross_entropy(labels, logits)
-    optimizer = v1.tpu.CrossShardOptimizer(
-        v1.train.GradientDescentOptimizer(0.1))
-    return tpu.TPUEstimatorSpec(
-        mode, loss=loss,
-        train_op=optimizer.minimize(loss, v1.train.get_global_step()))
+    return _cross_shard_spec(mode, labels,
+                             tf.matmul(features['x'], w)[:, :2])
   estimator = make_estimator(tpu, tmp_path, True, model_fn, shards=2)
   with pytest.raises(ValueError, match=r'Replica 1 made its variable 0 as '
                      r'replica_1/w.*replica 0 made w \(shape \(4, 2\)'):
@@ -256,13 +260,8 @@ def _keras_functional_model_fn(op_on_inputs):
     left, right = tf.keras.Input([4]), tf.keras.Input([4])
     joined = op_on_inputs(left, right)
     model = tf.keras.Model([left, right], tf.keras.layers.Dense(2)(joined))
-    logits = model([features['x'], features['x']])
-    loss = v1.losses.sparse_softmax_cross_entropy(labels, logits)
-    optimizer = v1.tpu.CrossShardOptimizer(
-        v1.train.GradientDescentOptimizer(0.1))
-    return tpu.TPUEstimatorSpec(
-        mode, loss=loss,
-        train_op=optimizer.minimize(loss, v1.train.get_global_step()))
+    return _cross_shard_spec(mode, labels,
+                             model([features['x'], features['x']]))
   return model_fn
 
 
