@@ -289,18 +289,19 @@ class HookEstimator(object):
     every worker of `cluster`)."""
     return replicas.Plan(self._config.device, self._config.num_replicas,
                          global_batch, name,
-                         split_batches=self._splits_batches(name),
-                         cluster=cluster)
+                         layout=self._input_layout(name), cluster=cluster)
 
-  def _splits_batches(self, batch_name):
-    """Whether input_fn's batches of `batch_name` are split over the
-    replicas (TPUEstimator's per-host input); here each replica reads its
-    own."""
+  def _input_layout(self, batch_name):
+    """How input_fn's batches of `batch_name` reach the replicas
+    (replicas.SPLIT, EACH or PER_REPLICA; TPUEstimator's
+    per_host_input_for_training): here each replica reads its own."""
     del batch_name
-    return False
+    return replicas.EACH
 
-  def _call_input_fn(self, input_fn, params):
-    """input_fn's dataset, built on the host."""
+  def _call_input_fn(self, input_fn, params, call=None):
+    """input_fn's dataset, built on the host; `call` is the
+    tpu_context.InputCall this call is (TPUEstimator's context)."""
+    del call
     with tf.device(device_feeds.HOST_DEVICE):
       return _call_with_optional(input_fn, (), {'params': params,
                                                 'config': self._config})

@@ -315,8 +315,9 @@ class EvaluationRounds(v1.train.SessionRunHook):
         eval_dir(estimator.model_dir, name), v1.get_default_graph())
     plan = estimator._replica_plan(estimator.eval_batch_size,
                                    'eval_batch_size')
+    call, = plan.input_calls()
     dataset = estimator._call_input_fn(
-        input_fn, dict(estimator.params, batch_size=plan.input_batch))
+        input_fn, dict(estimator.params, batch_size=plan.input_batch), call)
     if tensor_input.is_tensor_input(dataset):
       raise TypeError(
           'eval_input_fn returned %r; train_and_evaluate evaluates inside '

@@ -155,7 +155,7 @@ class InferencePipeline(object):
       with tf.device(device_feeds.HOST_DEVICE):
         padded, self.has_labels = padding.pad_dataset(
             dataset, plan.input_batch, self.pads)
-        padded = plan.replicate_input(padded)
+        padded = plan.replicate_input([padded])
       self.infeed, self.outfeed = device_feeds.make_feeds(device.kind, padded,
                                                    feeding)
     # One replica off a TPU runs a short batch as it is, as Estimator does;
@@ -200,8 +200,9 @@ class InferenceRun(object):
       plan = estimator._replica_plan(
           batch_size, 'eval_batch_size' if mode == compat.ModeKeys.EVAL
           else 'predict_batch_size')
+      call, = plan.input_calls()
       dataset = estimator._call_input_fn(
-          input_fn, dict(estimator.params, batch_size=plan.input_batch))
+          input_fn, dict(estimator.params, batch_size=plan.input_batch), call)
       params = dict(estimator.params, batch_size=plan.replica_batch)
       pipeline = InferencePipeline(dataset, plan, device,
                                    model_caller(estimator, params), mode,

@@ -28,6 +28,7 @@ from tensorflow.python.ops import gen_tpu_ops
 from tensorflow.python.tpu import tpu_function
 from tensorflow.python.tpu.ops import tpu_ops
 
+from hookestimator import tpu_context
 from hookestimator.compat import v1
 
 REPLICA_SCOPE = 'replica_%d'
@@ -65,40 +66,66 @@ def devices(kind, count):
   return ['/device:%s:%d' % (kind.upper(), index) for index in range(count)]
 
 
+# How one host's input_fn calls reach its replicas (TPUConfig's
+# per_host_input_for_training): one call whose batches are split over them
+# (PER_HOST_V1); one call whose consecutive batches go one to each
+# (PER_HOST_V2); or one call per replica (PER_SHARD_V1, in training).
+SPLIT = 'split'
+EACH = 'each'
+PER_REPLICA = 'per_replica'
+
+
 class Plan(object):
   """How one mode's batches go over the replicas.
 
   Attributes:
     count: the number of replicas.
     devices: one device per replica, or None for the device's default.
+    layout: SPLIT, EACH or PER_REPLICA: how input_fn's batches reach the
+      replicas.
     replica_batch: params['batch_size'] in model_fn: the global batch over
       the replicas.
     input_batch: params['batch_size'] in input_fn: the global batch when
-      input_fn's batches are split (`split_batches`, TPUEstimator's
-      PER_HOST_V1), else the replica batch (each replica its own batches,
-      PER_HOST_V2).
+      input_fn's batches are split (SPLIT), else the replica batch.
   """
 
-  def __init__(self, kind, count, global_batch, name, split_batches=False,
+  def __init__(self, kind, count, global_batch, name, layout=EACH,
                cluster=None):
     # With a cluster, `count` replicas on each worker.
     self.local_count = count
     self.workers = cluster.num_workers if cluster is not None else 1
     count *= self.workers
     self.count = count
-    self.split_batches = split_batches
+    self.layout = layout
     if cluster is not None:
       self.devices = cluster.replica_devices(kind, self.local_count)
     else:
       self.devices = None if count == 1 else devices(kind, count)
     self.replica_batch = per_replica_batch(name, global_batch, count)
     self.input_batch = (self.replica_batch * self.local_count
-                        if split_batches else self.replica_batch)
+                        if self.split_batches else self.replica_batch)
 
-  def replicate_input(self, dataset):
-    """The dataset's elements stacked [local count, ...], one slice a
-    replica of this worker."""
-    return split_input(dataset, self.local_count, self.split_batches)
+  @property
+  def split_batches(self):
+    return self.layout == SPLIT
+
+  def input_calls(self, host=0, hosts=None, device=None):
+    """The tpu_context.InputCalls of host `host`'s input_fn calls (on its
+    CPU, `device`), of `hosts` hosts (the workers by default): one per
+    replica with PER_REPLICA, else one."""
+    args = (hosts or self.workers, self.local_count, host) + (
+        (device,) if device is not None else ())
+    if self.layout == PER_REPLICA:
+      return tpu_context.per_replica_calls(*args)
+    return [tpu_context.one_call(*args)]
+
+  def replicate_input(self, datasets):
+    """One host's input as one dataset whose elements are [local count,
+    ...] stacks, one slice a replica: `datasets` holds its input_fn calls'
+    datasets, one (SPLIT, EACH) or one per replica (PER_REPLICA)."""
+    if len(datasets) > 1:
+      return v1.data.Dataset.zip(tuple(datasets)).map(stack_elements)
+    return split_input(datasets[0], self.local_count, self.split_batches)
 
   def check_devices(self, found):
     """Raises unless `found` (the device kind's devices) has one device per
@@ -108,6 +135,12 @@ class Plan(object):
           'num_replicas=%d needs %d devices of this kind; this machine has '
           '%d (%s)' % (self.local_count, self.local_count, len(found),
                        ', '.join(found)))
+
+
+def stack_elements(*elements):
+  """Elements of one structure, one per replica, as one [replicas, ...]
+  stack."""
+  return tf.nest.map_structure(lambda *parts: tf.stack(parts), *elements)
 
 
 def split_input(dataset, count, split_batches):

@@ -59,6 +59,27 @@ def parse(result):
   return features, labels
 
 
+def element(results):
+  """The one input element of input_fn's tensor `results`: the features,
+  or (features, labels), of its one call; with one call per replica, their
+  [replicas, ...] stack (each call's tensors must have the same
+  structure)."""
+  elements = []
+  for result in results:
+    if not is_tensor_input(result):
+      raise TypeError('input_fn returned tensors once and %r once; it must '
+                      'return the same kind of input at every call' %
+                      (result,))
+    features, labels = parse(result)
+    elements.append(features if labels is None else (features, labels))
+  if len(elements) == 1:
+    return elements[0]
+  for other in elements[1:]:
+    tf.nest.assert_same_structure(elements[0], other)
+  with tf.device(device_feeds.HOST_DEVICE):
+    return replicas_lib.stack_elements(*elements)
+
+
 def static_shapes_why(kind, replicas):
   """Why tensor input needs fully defined static shapes (None where it
   does not: one replica off a TPU takes batches of any shape)."""
@@ -71,7 +92,9 @@ def make_infeed(kind, element, plan, past_end=None):
   once the input has ended (evaluation and prediction)."""
   count = plan.local_count
   units = 1
-  if count > 1 and plan.split_batches:
+  if count > 1 and plan.layout == replicas_lib.PER_REPLICA:
+    pass  # `element` stacks one input_fn call's batch per replica.
+  elif count > 1 and plan.split_batches:
     replicas_lib.check_splittable(
         tf.nest.map_structure(lambda t: t.shape, element), count)
     element = replicas_lib.split_batch(element, count)

@@ -24,11 +24,13 @@ import numbers
 
 from hookestimator import compat
 from hookestimator import config as config_lib
+from hookestimator import device_feeds
 from hookestimator import estimator as estimator_lib
 from hookestimator import export as export_lib
 from hookestimator import replicas as replicas_lib
 from hookestimator import spec as spec_lib
 from hookestimator import tpu_config
+from hookestimator import tpu_context
 from hookestimator.compat import v1
 
 log = logging.getLogger(__name__)
@@ -174,7 +176,7 @@ class TPUEstimator(estimator_lib.HookEstimator):
                        '(as TPUEstimator requires): give train_batch_size')
     device = choose_device(bool(use_tpu))
     replicas = 1
-    split_batches = {}  # By batch name; none split by default.
+    layouts = {}  # By batch name; each replica its own batches by default.
     if isinstance(config, RunConfig):
       if use_tpu and config.tpu_config.num_cores_per_replica and (
           config.tpu_config.per_host_input_for_training ==
@@ -189,8 +191,8 @@ class TPUEstimator(estimator_lib.HookEstimator):
       elif use_tpu:
         # No TPU here: num_shards replicas on the GPUs or CPU devices.
         replicas = config.tpu_config.num_shards or 1
-      split_batches = {
-          name: config.tpu_config.splits_batches(
+      layouts = {
+          name: config.tpu_config.input_layout(
               replicas, training=name == 'train_batch_size')
           for name in ('train_batch_size', 'eval_batch_size',
                        'predict_batch_size')}
@@ -211,7 +213,7 @@ class TPUEstimator(estimator_lib.HookEstimator):
         train_batch_size=train_batch_size or 1,
         eval_batch_size=eval_batch_size or 1,
         predict_batch_size=predict_batch_size or 1)
-    self._split_batches = split_batches
+    self._layouts = layouts
     # TPUEstimator asks for a batch size only where it is used.
     self._train_batch_size = train_batch_size
     self._eval_batch_size = eval_batch_size
@@ -288,16 +290,17 @@ class TPUEstimator(estimator_lib.HookEstimator):
     if self._seed is not None and v1.get_default_graph().seed is None:
       v1.set_random_seed(self._seed)
 
-  def _call_input_fn(self, input_fn, params):
+  def _call_input_fn(self, input_fn, params, call=None):
     self._set_seed()  # input_fn is the first user code in a new graph
+    if call is not None and self._runs_as_tpu_program():
+      params = dict(params, context=self._context(call))
     return super(TPUEstimator, self)._call_input_fn(input_fn, params)
 
   def _call_model_fn(self, features, labels, mode, params):
     self._set_seed()  # export calls model_fn first
-    # True also while several replicas run, so that a program wrapping its
-    # optimizer in CrossShardOptimizer only on a TPU sums its gradients.
-    params = dict(params, use_tpu=(self._config.device == 'tpu' or
-                                   self._config.num_replicas > 1))
+    params = dict(params, use_tpu=self._runs_as_tpu_program())
+    if params['use_tpu']:
+      params['context'] = self._context()
     spec = super(TPUEstimator, self)._call_model_fn(
         features, labels, mode, params)
     if (mode == ModeKeys.EVAL and self._evaluates_as_tpu and
@@ -314,8 +317,27 @@ class TPUEstimator(estimator_lib.HookEstimator):
                                                       spec.scaffold_fn))
     return spec
 
-  def _splits_batches(self, batch_name):
-    return self._split_batches.get(batch_name, False)
+  def _runs_as_tpu_program(self):
+    """Whether model_fn runs as TPUEstimator runs it with use_tpu=True (on
+    a TPU, or as several replicas off one): params['use_tpu'] is then True
+    and params['context'] is given, so that a program wrapping its
+    optimizer in CrossShardOptimizer only on a TPU sums its gradients."""
+    return self._config.device == 'tpu' or self._config.num_replicas > 1
+
+  def _context(self, call=None):
+    """params['context']: a TPUContext of this run's replicas, for the
+    input_fn call `call`, or for model_fn."""
+    cluster = self._config.cluster
+    hosts = cluster.num_workers if cluster is not None else 1
+
+    def host_device(host):
+      return (cluster.host_device(host) if cluster is not None else
+              device_feeds.HOST_DEVICE)
+    return tpu_context.TPUContext(self._config.num_replicas * hosts, hosts,
+                                  host_device, call)
+
+  def _input_layout(self, batch_name):
+    return self._layouts.get(batch_name, replicas_lib.EACH)
 
   def _replica_plan(self, global_batch, name, cluster=None):
     if name == 'eval_batch_size' and not self._evaluates_as_tpu:

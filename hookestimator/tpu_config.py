@@ -19,6 +19,7 @@ import re
 
 from hookestimator import cluster as cluster_lib
 from hookestimator import config as config_lib
+from hookestimator import replicas as replicas_lib
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,10 @@ def _reject(name, value, why):
 
 class InputPipelineConfig(object):
   """TPUEstimator's input pipeline modes. With several replicas, PER_HOST_V1
-  splits each input_fn batch over the replicas, PER_HOST_V2 and
-  PER_SHARD_V1 give each replica batches of its own; BROADCAST and SLICED
-  are refused there (docs/replicas.md)."""
+  splits each input_fn batch over the replicas, PER_HOST_V2 gives each
+  replica batches of its own, and PER_SHARD_V1 calls input_fn once per
+  replica in training; BROADCAST and SLICED are refused there
+  (docs/replicas.md)."""
   PER_SHARD_V1 = 1
   PER_HOST_V1 = 2
   PER_HOST_V2 = 3
@@ -164,21 +166,25 @@ class TPUConfig(
     """iterations_per_loop as a LoopLength (steps or seconds)."""
     return parse_iterations_per_loop(self.iterations_per_loop)
 
-  def splits_batches(self, replicas, training=True):
-    """Whether input_fn's batches are split over `replicas` replicas
-    rather than each replica reading its own: in training with PER_HOST_V1;
-    in evaluation and prediction with every mode but PER_HOST_V2, as
-    TPUEstimator reads PER_SHARD_V1 input per core in training only. Raises
-    for the modes several replicas cannot honour."""
+  def input_layout(self, replicas, training=True):
+    """How input_fn's batches reach `replicas` replicas (replicas.SPLIT,
+    EACH or PER_REPLICA): in training, PER_HOST_V1 splits each batch,
+    PER_HOST_V2 gives each replica batches of its own, and PER_SHARD_V1
+    calls input_fn once per replica; in evaluation and prediction every
+    mode but PER_HOST_V2 splits, as TPUEstimator reads PER_SHARD_V1 input
+    per core in training only. Raises for the modes several replicas
+    cannot honour."""
     mode = self.per_host_input_for_training
     if replicas > 1 and mode in (InputPipelineConfig.BROADCAST,
                                  InputPipelineConfig.SLICED):
       _reject('per_host_input_for_training', mode, 'BROADCAST and SLICED '
               'input serve model parallelism; with %d replicas use '
               'PER_HOST_V1 or PER_HOST_V2' % replicas)
-    if training:
-      return mode == InputPipelineConfig.PER_HOST_V1
-    return mode != InputPipelineConfig.PER_HOST_V2
+    if mode == InputPipelineConfig.PER_HOST_V2:
+      return replicas_lib.EACH
+    if training and mode == InputPipelineConfig.PER_SHARD_V1:
+      return replicas_lib.PER_REPLICA
+    return replicas_lib.SPLIT
 
   def check_one_core(self):
     """Raises if this config needs more than the one TPU core that runs

@@ -206,43 +206,48 @@ def _step_time_sizer(config):
 def _feeds(estimator, input_fn, plan, device):
   """The (infeed, outfeed) of input_fn's input in one process."""
   config = estimator.config
-  result = estimator._call_input_fn(
-      input_fn, dict(estimator.params, batch_size=plan.input_batch))
-  if tensor_input.is_tensor_input(result):
-    features, labels = tensor_input.parse(result)
-    element = features if labels is None else (features, labels)
+  params = dict(estimator.params, batch_size=plan.input_batch)
+  results = [estimator._call_input_fn(input_fn, dict(params), call)
+             for call in plan.input_calls()]
+  if tensor_input.is_tensor_input(results[0]):
+    element = tensor_input.element(results)
     device_feeds.check_static_shapes(
         tf.nest.map_structure(lambda t: t.shape, element),
         tensor_input.static_shapes_why(device.kind, plan.count))
     log.warning(tensor_input.NO_POSITION_WARNING)
     return (tensor_input.make_infeed(device.kind, element, plan),
             device_feeds.make_outfeed(device.kind))
-  device_feeds.check_static_shapes(
-      device_feeds.dataset_structure(result)[1],
-      device_feeds.static_shapes_why(device.kind, config.feeding, plan.count))
+  for result in results:
+    device_feeds.check_static_shapes(
+        device_feeds.dataset_structure(result)[1],
+        device_feeds.static_shapes_why(device.kind, config.feeding,
+                                       plan.count))
   with tf.device(device_feeds.HOST_DEVICE):
-    dataset = plan.replicate_input(result)
+    dataset = plan.replicate_input(results)
   return device_feeds.make_feeds(device.kind, dataset, config.feeding)
 
 
 def _pipelines(estimator, input_fn, plan, hosts):
   """input_fn's datasets, one per host (a worker's or feeder's CPU), each
-  called and placed on its host with params['input_context'] naming its
-  shard."""
+  called (once, or once per replica with PER_REPLICA) and placed on its
+  host with params['input_context'] naming its shard."""
   datasets = []
   for index, host in enumerate(hosts):
     params = dict(estimator.params, batch_size=plan.input_batch,
                   input_context=cluster_infeeds.input_context(
                       index, len(hosts), plan.count))
     with tf.device(host):
-      dataset = estimator._call_input_fn(input_fn, params)
-      if tensor_input.is_tensor_input(dataset):
-        raise TypeError(
-            'input_fn returned %r; on a cluster it must return a '
-            "tf.data.Dataset, each worker's or feeder's pipeline running on "
-            'its own host' % (dataset,))
-      device_feeds.check_static_shapes(device_feeds.dataset_structure(dataset)[1],
-                               device_feeds.QUEUE_NEEDS_STATIC)
+      results = [estimator._call_input_fn(input_fn, dict(params), call)
+                 for call in plan.input_calls(index, len(hosts), host)]
+      for dataset in results:
+        if tensor_input.is_tensor_input(dataset):
+          raise TypeError(
+              'input_fn returned %r; on a cluster it must return a '
+              "tf.data.Dataset, each worker's or feeder's pipeline running "
+              'on its own host' % (dataset,))
+        device_feeds.check_static_shapes(
+            device_feeds.dataset_structure(dataset)[1],
+            device_feeds.QUEUE_NEEDS_STATIC)
       with tf.device(device_feeds.HOST_DEVICE):
-        datasets.append(plan.replicate_input(dataset))
+        datasets.append(plan.replicate_input(results))
   return datasets
