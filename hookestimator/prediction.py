@@ -132,10 +132,10 @@ class Prediction(inference.InferenceRun):
     keys = self._outfed.keys
     out = []
     for columns in batches:
-      if self._single:
-        for row in range(len(columns[0])):
-          out.append(columns[0][row] if keys is None else
-                     {k: c[row] for k, c in zip(keys, columns)})
+      if self._single and keys is None:
+        out.extend(columns[0])  # Its rows.
+      elif self._single:
+        out.extend(dict(zip(keys, row)) for row in zip(*columns))
       else:
         out.append(columns[0] if keys is None else dict(zip(keys, columns)))
     return out
