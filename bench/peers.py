@@ -112,13 +112,15 @@ import tensorflow as tf  # noqa: E402
 
 from bench import peers_report  # noqa: E402
 from bench.common import describe_machine, require_positive  # noqa: E402
+from bench.inference_systems import INFERENCE_WORKLOADS  # noqa: E402
 from bench.peer_systems import REPLICA_SYSTEMS, SYSTEMS  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKLOADS = ('mlp', 'pipeline', 'gpt2-tiny', 'replicas', 'host_call',
-             'input-bound', 'memory')
+             'input-bound', 'evaluate', 'predict', 'memory')
 # The workloads measured by systems of their own, in round-robin order.
-MEASURED_ORDER = ('mlp', 'pipeline', 'host_call', 'input-bound', 'gpt2-tiny')
+MEASURED_ORDER = ('mlp', 'pipeline', 'host_call', 'input-bound', 'gpt2-tiny',
+                  'evaluate', 'predict')
 # The workloads with replica rows (--workloads replicas).
 REPLICA_WORKLOADS = ('mlp', 'gpt2-tiny')
 
@@ -156,12 +158,14 @@ def measured_pairs(workloads):
   the workloads' own and those their figures depend on. Only systems this
   TensorFlow line has (peer_systems.SYSTEMS) take part."""
   systems = {
-      'mlp': ['limit', 'estimator', 'keras1', 'keras100', 'hook1', 'hook10',
-              'hook100', 'hook1000'],
+      'mlp': ['limit', 'bare1', 'estimator', 'keras1', 'keras100', 'hook1',
+              'hook10', 'hook100', 'hook1000'],
       'pipeline': ['limit', 'estimator', 'keras100', 'hook100'],
       'host_call': ['hook100'],
       'input-bound': ['input-alone', 'hook100', 'estimator'],
       'gpt2-tiny': ['limit', 'estimator', 'hook1', 'hook10', 'hook100'],
+      'evaluate': ['bare', 'estimator', 'hook100'],
+      'predict': ['bare', 'estimator', 'hook100'],
   }
   needs = {'host_call': [('mlp', 'hook100')],
            'input-bound': [('mlp', 'limit')]}
@@ -297,7 +301,10 @@ def progress(text):
 
 
 def steps_of(workload, system, quick):
-  """(warm-up, B, S) of `system` on `workload`."""
+  """(warm-up, B, S) of `system` on `workload` (evaluate and predict time
+  whole calls: None)."""
+  if workload in INFERENCE_WORKLOADS:
+    return (None, None, None)
   table = REPLICA_STEPS if system == 'replicas' else STEPS
   return table[workload][1 if quick else 0]
 
@@ -310,9 +317,21 @@ def base_steps(workload, system, quick):
   return base if quick or loop == '-' else max(base, int(loop))
 
 
+def measure_call(child, workload, repeat, results, timeout):
+  """One repeat of evaluate or predict on `child`: one timed call."""
+  answer = child.request({'cmd': 'measure', 'workload': workload},
+                         'measure %s' % workload, timeout)
+  results.add(workload, child.system, answer)
+  progress('repeat %d %-11s %-28s one call %6.2f s -> %s examples/sec' % (
+      repeat + 1, workload, peers_report.row_name(child.system),
+      answer['seconds'], peers_report.fmt(answer['rate'], '%.0f')))
+
+
 def measure(child, workload, repeat, quick, results, timeout):
   """One repeat of `workload` on `child`: a call of B steps, then one of
-  B + S steps."""
+  B + S steps (evaluate, predict: one timed call)."""
+  if workload in INFERENCE_WORKLOADS:
+    return measure_call(child, workload, repeat, results, timeout)
   base = base_steps(workload, child.system, quick)
   steps = steps_of(workload, child.system, quick)[2]
   answer = child.request({'cmd': 'measure', 'workload': workload,
