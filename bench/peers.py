@@ -3,9 +3,10 @@
 Run from the repository root:
 
     python -m bench.peers                      # full run, about 10 minutes
-    python -m bench.peers --quick              # smoke run, every row, ~2 min
+    python -m bench.peers --quick              # smoke run, every row, ~3 min
     python -m bench.peers --workloads mlp,host_call --repeats 5
     python -m bench.peers --workloads replicas    # the replica rows alone
+    python -m bench.peers --workloads evaluate,predict
 
 What is compared
   Every system trains the same model on the same data with the same batch
@@ -20,7 +21,11 @@ What is compared
     on TF 2.15, Keras 3 from TF 2.16);
   - the limit: the same training step in one bare tf.compat.v1.while_loop
     over batches held as constants in the graph: no input pipeline, no
-    hooks, no host round trips; one session.run per call.
+    hooks, no host round trips; one session.run per call;
+  - the bare loop, 1 step per session.run ('bare1', mlp only, every
+    line): the same step reading the workload's input_fn through an
+    iterator's get_next in the graph, one session.run per step from a
+    Python for loop; no hooks, no MonitoredSession.
 
   Workloads:
 
@@ -62,6 +67,16 @@ What is compared
     three rows of a workload run in one child process ('replicas'), timed
     one after another in each repeat, in alternating order, so that the
     machine's drift hits the rows of one ratio alike.
+  - evaluate, predict (bench/inference_systems.py): the mlp's model at
+    batch 256 over 65,573 fixed examples (the last batch short),
+    Dataset.from_tensor_slices(...).batch(256), no repeat: evaluate (mean
+    loss and accuracy) and predict ({'logits'}, read example by example to
+    the end). hookestimator ipl 100 (eval_metrics=(metric_fn, [labels,
+    logits])), Estimator (eval_metric_ops) where it exists, and the bare
+    loop ('bare'), which per call builds one graph, starts a session and
+    restores the checkpoint, then evaluates in one session.run of a
+    while_loop over the batches updating the same v1.metrics, or predicts
+    with one session.run per batch, iterating the rows in Python.
   - memory: hookestimator ipl 100 with the 3-scalar host_call (in the
     ipl-100 child, after all throughput measurements): one warm-up train()
     call, then one call of --memory-steps steps sampling VmRSS, the OS
@@ -90,9 +105,38 @@ How throughput is measured (the same for every system)
   repeat 2, ...), so slow drifts of a shared machine hit all alike.
   Reported: the median over repeats, and every repeat's value. --quick
   takes the same path with tiny step counts (loops not full) and one
-  repeat; its numbers mean nothing. The targets at the end are reported,
-  never enforced: the exit status is non-zero only on an error (a child
-  that fails, dies or does not answer in time, named with its stderr).
+  repeat; its numbers mean nothing.
+
+  evaluate and predict time whole calls instead, fixed costs included:
+  each system first trains one step (its checkpoint) and makes one
+  warm-up call; each repeat then times one call, from the call to its
+  return (predict: until its generator is exhausted), in the same
+  round-robin; examples/sec = 65,573 / seconds (--quick too).
+
+Ratios and targets
+  A ratio is taken per repeat (repeat i of a system against repeat i of
+  its peer, measured close in time) and reported as the median over
+  repeats with its range, min to max. A target is met only if the whole
+  range meets it (a minimum: the range's min; the host_call cost, a
+  maximum: its max); a range across the target is "MISSED (spread
+  crosses target)". The targets, each on the line being run, a peer this
+  line lacks leaving its target out:
+
+  - mlp and pipeline: hookestimator ipl 100 >= 0.9x the limit; pipeline
+    >= 1.1x Keras spe 100;
+  - 1 step per loop: hookestimator ipl 1 on the mlp >= 0.95x Estimator,
+    or, without tf.estimator, the bare loop at 1 step per session.run;
+  - gpt2-tiny: hookestimator ipl 100 >= 0.97x the limit;
+  - replicas: N=2 examples/sec >= 0.95x N=1 (mlp, gpt2-tiny);
+  - host_call: cost <= 10%; input-bound: >= 0.85x min(input alone,
+    compute alone);
+  - evaluate, predict: hookestimator ipl 100 >= 1.0x Estimator in
+    examples/sec, or, without tf.estimator, the bare loop;
+  - memory: RSS and OS thread growth < 5% (one run: no range).
+
+  The targets are reported, never enforced: the exit status is non-zero
+  only on an error (a child that fails, dies or does not answer in time,
+  named with its stderr).
 """
 from __future__ import absolute_import, division, print_function
 
