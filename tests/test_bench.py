@@ -19,7 +19,7 @@ HAS_ESTIMATOR = compat.ESTIMATOR is not None
 ESTIMATOR = 'tf.estimator.Estimator'
 NO_ESTIMATOR_NOTE = 'Note: tf.estimator does not exist on this line'
 # A smoke run of ~3 minutes on a 2-core machine; slack for a loaded one.
-TIMEOUT = 600
+TIMEOUT = 900
 BARE1 = ('the bare loop, 1 step per session.run', '1')
 RESULTS = ('met', 'MISSED', 'MISSED (spread crosses target)', '-')
 
