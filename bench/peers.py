@@ -3,7 +3,7 @@
 Run from the repository root:
 
     python -m bench.peers                      # full run, about 10 minutes
-    python -m bench.peers --quick              # smoke run, every row, ~3 min
+    python -m bench.peers --quick              # smoke run, every row
     python -m bench.peers --workloads mlp,host_call --repeats 5
     python -m bench.peers --workloads replicas    # the replica rows alone
     python -m bench.peers --workloads evaluate,predict
