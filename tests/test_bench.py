@@ -19,7 +19,7 @@ HAS_ESTIMATOR = compat.ESTIMATOR is not None
 ESTIMATOR = 'tf.estimator.Estimator'
 NO_ESTIMATOR_NOTE = 'Note: tf.estimator does not exist on this line'
 # The smoke run took about 10 minutes on a shared 2-core machine at a load
-# average near 10 (its 12 children start at once); slack beyond that.
+# average near 10 (its 11 children start at once); slack beyond that.
 TIMEOUT = 900
 BARE1 = ('the bare loop, 1 step per session.run', '1')
 RESULTS = ('met', 'MISSED', 'MISSED (spread crosses target)', '-')
