@@ -49,10 +49,10 @@ LEARNING_RATE = 0.05
 NEVER = 10 ** 9  # "every this many steps" that never comes in a benchmark
 
 
-def make_data(seed=0):
+def make_data(seed=0, num_examples=NUM_EXAMPLES):
   """Random inputs and labels from a random linear teacher (learnable)."""
   rng = np.random.RandomState(seed)
-  features = rng.normal(size=(NUM_EXAMPLES, NUM_INPUTS)).astype(np.float32)
+  features = rng.normal(size=(num_examples, NUM_INPUTS)).astype(np.float32)
   teacher = rng.normal(size=(NUM_INPUTS, NUM_CLASSES)).astype(np.float32)
   labels = np.argmax(features.dot(teacher), axis=1).astype(np.int32)
   return features, labels
@@ -91,15 +91,24 @@ def mlp_variables():
   return w1, b1, w2, b2
 
 
+def mlp_logits(features):
+  """The MLP's logits of `features`, its variables made or reused."""
+  w1, b1, w2, b2 = mlp_variables()
+  hidden = tf.nn.relu(tf.matmul(features, w1) + b1)
+  return tf.matmul(hidden, w2) + b2
+
+
+def mlp_loss(labels, logits):
+  return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+      labels=labels, logits=logits))
+
+
 def mlp_logits_loss_and_train_op(features, labels, wrap_optimizer=None):
   """The shared model: returns (logits, loss, train_op). `wrap_optimizer`,
   if given, wraps the SGD optimizer (the replica rows pass
   CrossShardOptimizer)."""
-  w1, b1, w2, b2 = mlp_variables()
-  hidden = tf.nn.relu(tf.matmul(features, w1) + b1)
-  logits = tf.matmul(hidden, w2) + b2
-  loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-      labels=labels, logits=logits))
+  logits = mlp_logits(features)
+  loss = mlp_loss(labels, logits)
   optimizer = v1.train.GradientDescentOptimizer(LEARNING_RATE)
   if wrap_optimizer is not None:
     optimizer = wrap_optimizer(optimizer)

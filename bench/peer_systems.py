@@ -15,6 +15,11 @@ one JSON command per line on stdin, answering each with one JSON line:
            global step against the steps trained; system 'replicas'
            answers {"rows": {row: those fields and the model's trainable
            parameters}}, one per row of REPLICA_SYSTEMS
+    {"cmd": "measure", "workload": "evaluate" or "predict"}
+        -> seconds of one call, rate = examples / seconds, and what the
+           call returned (evaluate: accuracy, loss; predict: examples)
+           (bench/inference_systems.py; their warm-up first makes the
+           checkpoint, then makes one warm-up call)
     {"cmd": "memory", "warmup": n, "steps": n}   (system hook100)
         -> the samples taken after every loop
     {"cmd": "quit"}
@@ -44,6 +49,8 @@ from hookestimator import compat  # noqa: E402
 from bench import common  # noqa: E402
 from bench import soak  # noqa: E402
 from bench.common import BATCH_SIZE, NEVER  # noqa: E402
+from bench.inference_systems import (INFERENCE_WORKLOADS,  # noqa: E402
+                                     InferenceTimer)
 
 v1 = tf.compat.v1
 
@@ -81,11 +88,13 @@ REPLICA_SYSTEMS = collections.OrderedDict([
 SYSTEMS = {
     'limit': ('the limit (bare while_loop)', '-',
               ('mlp', 'gpt2-tiny', 'pipeline')),
+    'bare1': ('the bare loop, 1 step per session.run', '1', ('mlp',)),
+    'bare': ('the bare loop', '-', INFERENCE_WORKLOADS),
     'hook1': ('hookestimator', '1', ('mlp', 'gpt2-tiny')),
     'hook10': ('hookestimator', '10', ('mlp', 'gpt2-tiny')),
     'hook100': ('hookestimator', '100',
                 ('mlp', 'gpt2-tiny', 'host_call', 'input-bound',
-                 'pipeline')),
+                 'pipeline') + INFERENCE_WORKLOADS),
     'hook1000': ('hookestimator', '1000', ('mlp',)),
     'input-alone': ('input alone', '-', ('input-bound',)),
     'replicas': ('hookestimator, 1 and 2 replicas', str(REPLICA_LOOP),
@@ -93,7 +102,8 @@ SYSTEMS = {
 }
 if common.HAS_ESTIMATOR:
   SYSTEMS['estimator'] = ('tf.estimator.Estimator', '-',
-                          ('mlp', 'gpt2-tiny', 'input-bound', 'pipeline'))
+                          ('mlp', 'gpt2-tiny', 'input-bound', 'pipeline') +
+                          INFERENCE_WORKLOADS)
 if compat.IS_TF2:
   SYSTEMS['keras1'] = ('Keras Model.fit', '1', ('mlp',))
   SYSTEMS['keras100'] = ('Keras Model.fit', '100', ('mlp', 'pipeline'))
@@ -470,6 +480,33 @@ class LimitRunner(object):
     return int(self._session.run(self._global_step))
 
 
+class OneStepRunner(object):
+  """The same training step, one session.run per step from a Python for
+  loop: the workload's own input_fn read by an iterator's get_next in the
+  graph; no hooks, no MonitoredSession, no while_loop."""
+
+  def __init__(self, workload, model_dir):
+    del model_dir
+    self._graph = tf.Graph()
+    with self._graph.as_default():
+      global_step = v1.train.create_global_step()
+      iterator = v1.data.make_initializable_iterator(
+          workload.input_fn({'batch_size': workload.batch_size}))
+      _, self._train_op, _ = workload.step(*iterator.get_next())
+      self._global_step = global_step
+      init = [iterator.initializer, v1.global_variables_initializer()]
+    self._session = v1.Session(graph=self._graph)
+    self._session.run(init)
+
+  def train(self, steps):
+    run, train_op = self._session.run, self._train_op
+    for _ in range(steps):
+      run(train_op)
+
+  def global_step(self):
+    return int(self._session.run(self._global_step))
+
+
 class InputAloneRunner(object):
   """The input pipeline alone: one while_loop pulling the batches from the
   dataset's iterator, nothing else."""
@@ -505,6 +542,8 @@ def make_runner(system, workload, model_dir):
         system, tf.__version__))
   if system == 'limit':
     return LimitRunner(workload, model_dir)
+  if system == 'bare1':
+    return OneStepRunner(workload, model_dir)
   if system == 'estimator':
     return EstimatorRunner(workload, model_dir)
   if system.startswith('keras'):
@@ -560,9 +599,13 @@ class Child(object):
       if workload not in SYSTEMS[self.system][2]:
         raise ValueError('system %r does not serve workload %r' %
                          (self.system, workload))
-      self.runners[workload] = make_runner(
-          self.system, make_workload(workload),
-          os.path.join(self.root, workload))
+      model_dir = os.path.join(self.root, workload)
+      if workload in INFERENCE_WORKLOADS:
+        self.runners[workload] = InferenceTimer(self.system, workload,
+                                                model_dir)
+      else:
+        self.runners[workload] = make_runner(
+            self.system, make_workload(workload), model_dir)
       self.trained[workload] = 0
     return self.runners[workload]
 
@@ -579,14 +622,18 @@ class Child(object):
         runner = self.runner(workload)
         if isinstance(runner, ReplicaGroup):  # {row: seconds}
           seconds[workload] = runner.warmup(command['steps'][workload])
+        elif isinstance(runner, InferenceTimer):
+          seconds[workload] = runner.warmup()
         else:
           seconds[workload] = self.train(workload,
                                          command['steps'][workload])
       return {'seconds': seconds}
     if cmd == 'measure':
-      workload, base, steps = (command['workload'], command['base'],
-                               command['steps'])
+      workload = command['workload']
       runner = self.runner(workload)
+      if isinstance(runner, InferenceTimer):
+        return runner.measure()
+      base, steps = command['base'], command['steps']
       if isinstance(runner, ReplicaGroup):
         return {'rows': runner.measure(base, steps)}
       rate, base_seconds, long_seconds = common.marginal_rate(

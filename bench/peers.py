@@ -3,9 +3,10 @@
 Run from the repository root:
 
     python -m bench.peers                      # full run, about 10 minutes
-    python -m bench.peers --quick              # smoke run, every row, ~2 min
+    python -m bench.peers --quick              # smoke run, every row
     python -m bench.peers --workloads mlp,host_call --repeats 5
     python -m bench.peers --workloads replicas    # the replica rows alone
+    python -m bench.peers --workloads evaluate,predict
 
 What is compared
   Every system trains the same model on the same data with the same batch
@@ -20,7 +21,11 @@ What is compared
     on TF 2.15, Keras 3 from TF 2.16);
   - the limit: the same training step in one bare tf.compat.v1.while_loop
     over batches held as constants in the graph: no input pipeline, no
-    hooks, no host round trips; one session.run per call.
+    hooks, no host round trips; one session.run per call;
+  - the bare loop, 1 step per session.run ('bare1', mlp only, every
+    line): the same step reading the workload's input_fn through an
+    iterator's get_next in the graph, one session.run per step from a
+    Python for loop; no hooks, no MonitoredSession.
 
   Workloads:
 
@@ -62,6 +67,16 @@ What is compared
     three rows of a workload run in one child process ('replicas'), timed
     one after another in each repeat, in alternating order, so that the
     machine's drift hits the rows of one ratio alike.
+  - evaluate, predict (bench/inference_systems.py): the mlp's model at
+    batch 256 over 65,573 fixed examples (the last batch short),
+    Dataset.from_tensor_slices(...).batch(256), no repeat: evaluate (mean
+    loss and accuracy) and predict ({'logits'}, read example by example to
+    the end). hookestimator ipl 100 (eval_metrics=(metric_fn, [labels,
+    logits])), Estimator (eval_metric_ops) where it exists, and the bare
+    loop ('bare'), which per call builds one graph, starts a session and
+    restores the checkpoint, then evaluates in one session.run of a
+    while_loop over the batches updating the same v1.metrics, or predicts
+    with one session.run per batch, iterating the rows in Python.
   - memory: hookestimator ipl 100 with the 3-scalar host_call (in the
     ipl-100 child, after all throughput measurements): one warm-up train()
     call, then one call of --memory-steps steps sampling VmRSS, the OS
@@ -90,9 +105,38 @@ How throughput is measured (the same for every system)
   repeat 2, ...), so slow drifts of a shared machine hit all alike.
   Reported: the median over repeats, and every repeat's value. --quick
   takes the same path with tiny step counts (loops not full) and one
-  repeat; its numbers mean nothing. The targets at the end are reported,
-  never enforced: the exit status is non-zero only on an error (a child
-  that fails, dies or does not answer in time, named with its stderr).
+  repeat; its numbers mean nothing.
+
+  evaluate and predict time whole calls instead, fixed costs included:
+  each system first trains one step (its checkpoint) and makes one
+  warm-up call; each repeat then times one call, from the call to its
+  return (predict: until its generator is exhausted), in the same
+  round-robin; examples/sec = 65,573 / seconds (--quick too).
+
+Ratios and targets
+  A ratio is taken per repeat (repeat i of a system against repeat i of
+  its peer, measured close in time) and reported as the median over
+  repeats with its range, min to max. A target is met only if the whole
+  range meets it (a minimum: the range's min; the host_call cost, a
+  maximum: its max); a range across the target is "MISSED (spread
+  crosses target)". The targets, each on the line being run, a peer this
+  line lacks leaving its target out:
+
+  - mlp and pipeline: hookestimator ipl 100 >= 0.9x the limit; pipeline
+    >= 1.1x Keras spe 100;
+  - 1 step per loop: hookestimator ipl 1 on the mlp >= 0.95x Estimator,
+    or, without tf.estimator, the bare loop at 1 step per session.run;
+  - gpt2-tiny: hookestimator ipl 100 >= 0.97x the limit;
+  - replicas: N=2 examples/sec >= 0.95x N=1 (mlp, gpt2-tiny);
+  - host_call: cost <= 10%; input-bound: >= 0.85x min(input alone,
+    compute alone);
+  - evaluate, predict: hookestimator ipl 100 >= 1.0x Estimator in
+    examples/sec, or, without tf.estimator, the bare loop;
+  - memory: RSS and OS thread growth < 5% (one run: no range).
+
+  The targets are reported, never enforced: the exit status is non-zero
+  only on an error (a child that fails, dies or does not answer in time,
+  named with its stderr).
 """
 from __future__ import absolute_import, division, print_function
 
@@ -112,13 +156,15 @@ import tensorflow as tf  # noqa: E402
 
 from bench import peers_report  # noqa: E402
 from bench.common import describe_machine, require_positive  # noqa: E402
+from bench.inference_systems import INFERENCE_WORKLOADS  # noqa: E402
 from bench.peer_systems import REPLICA_SYSTEMS, SYSTEMS  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKLOADS = ('mlp', 'pipeline', 'gpt2-tiny', 'replicas', 'host_call',
-             'input-bound', 'memory')
+             'input-bound', 'evaluate', 'predict', 'memory')
 # The workloads measured by systems of their own, in round-robin order.
-MEASURED_ORDER = ('mlp', 'pipeline', 'host_call', 'input-bound', 'gpt2-tiny')
+MEASURED_ORDER = ('mlp', 'pipeline', 'host_call', 'input-bound', 'gpt2-tiny',
+                  'evaluate', 'predict')
 # The workloads with replica rows (--workloads replicas).
 REPLICA_WORKLOADS = ('mlp', 'gpt2-tiny')
 
@@ -145,6 +191,10 @@ QUICK_MEMORY_STEPS = 1000
 MIN_MEMORY_STEPS = 20000
 # Seconds any one answer from a child may take: (full, --quick).
 TIMEOUTS = (900, 120)
+# The children start (import TensorFlow) and warm up all at once: on a
+# loaded 2-core machine those answers' deadlines grow with their count,
+# by TIMEOUTS per this many children.
+CHILDREN_PER_TIMEOUT = 4
 
 
 class BenchError(Exception):
@@ -156,12 +206,14 @@ def measured_pairs(workloads):
   the workloads' own and those their figures depend on. Only systems this
   TensorFlow line has (peer_systems.SYSTEMS) take part."""
   systems = {
-      'mlp': ['limit', 'estimator', 'keras1', 'keras100', 'hook1', 'hook10',
-              'hook100', 'hook1000'],
+      'mlp': ['limit', 'bare1', 'estimator', 'keras1', 'keras100', 'hook1',
+              'hook10', 'hook100', 'hook1000'],
       'pipeline': ['limit', 'estimator', 'keras100', 'hook100'],
       'host_call': ['hook100'],
       'input-bound': ['input-alone', 'hook100', 'estimator'],
       'gpt2-tiny': ['limit', 'estimator', 'hook1', 'hook10', 'hook100'],
+      'evaluate': ['bare', 'estimator', 'hook100'],
+      'predict': ['bare', 'estimator', 'hook100'],
   }
   needs = {'host_call': [('mlp', 'hook100')],
            'input-bound': [('mlp', 'limit')]}
@@ -297,7 +349,10 @@ def progress(text):
 
 
 def steps_of(workload, system, quick):
-  """(warm-up, B, S) of `system` on `workload`."""
+  """(warm-up, B, S) of `system` on `workload` (evaluate and predict time
+  whole calls: None)."""
+  if workload in INFERENCE_WORKLOADS:
+    return (None, None, None)
   table = REPLICA_STEPS if system == 'replicas' else STEPS
   return table[workload][1 if quick else 0]
 
@@ -310,9 +365,21 @@ def base_steps(workload, system, quick):
   return base if quick or loop == '-' else max(base, int(loop))
 
 
+def measure_call(child, workload, repeat, results, timeout):
+  """One repeat of evaluate or predict on `child`: one timed call."""
+  answer = child.request({'cmd': 'measure', 'workload': workload},
+                         'measure %s' % workload, timeout)
+  results.add(workload, child.system, answer)
+  progress('repeat %d %-11s %-28s one call %6.2f s -> %s examples/sec' % (
+      repeat + 1, workload, peers_report.row_name(child.system),
+      answer['seconds'], peers_report.fmt(answer['rate'], '%.0f')))
+
+
 def measure(child, workload, repeat, quick, results, timeout):
   """One repeat of `workload` on `child`: a call of B steps, then one of
-  B + S steps."""
+  B + S steps (evaluate, predict: one timed call)."""
+  if workload in INFERENCE_WORKLOADS:
+    return measure_call(child, workload, repeat, results, timeout)
   base = base_steps(workload, child.system, quick)
   steps = steps_of(workload, child.system, quick)[2]
   answer = child.request({'cmd': 'measure', 'workload': workload,
@@ -346,11 +413,13 @@ def run(args):
   root = tempfile.mkdtemp(prefix='peers_')
   children = {}
   start = time.monotonic()
+  # The deadline of the answers all children work on at once.
+  together = timeout * max(1.0, len(systems) / float(CHILDREN_PER_TIMEOUT))
   try:
     for system in systems:
       children[system] = Child(system, root)
     for system in systems:
-      children[system].receive('start-up', timeout)
+      children[system].receive('start-up', together)
     progress('%d child processes ready after %.1f s' % (
         len(children), time.monotonic() - start))
     warmups = {}
@@ -362,7 +431,7 @@ def run(args):
           'steps': {w: steps_of(w, system, args.quick)[0]
                     for w in workloads}})
     for system in warmups:
-      answer = children[system].receive('warm-up', timeout)
+      answer = children[system].receive('warm-up', together)
       for workload, seconds in answer['seconds'].items():
         if not isinstance(seconds, dict):  # else the replica rows'
           seconds = {system: seconds}
