@@ -2,10 +2,11 @@
 (tests/cluster_task.py) with a TF server on a free 127.0.0.1 port, started
 in its own process group, killed with it when the test ends.
 
-Two workers of one replica train as one process of two replicas; only the
-chief writes; a lost worker stops the chief within 60 s naming it, and a
-restart resumes exactly; a worker alone gives up within its timeout; no
-port still listens after any of these runs.
+Each worker builds and runs its own replicas. Two workers of one replica
+train as one process of two replicas; only the chief writes checkpoints
+(a worker its input positions); a lost worker stops the chief within 60 s
+naming it, and a restart resumes exactly; a worker alone gives up within
+its timeout; no port still listens after any of these runs.
 """
 import glob
 import os
@@ -42,8 +43,10 @@ class Processes(processes_lib.Processes):
 
 
 def run_cluster(processes, ports, model_dir, max_steps, tmp_path, tag=''):
+  # A worker keeps its input position in its own model_dir, the same
+  # across restarts.
   worker = processes.start('worker' + tag, tf_config(ports, 'worker'),
-                           tmp_path / ('worker_dir' + tag), max_steps)
+                           tmp_path / 'worker_dir', max_steps)
   chief = processes.start('chief' + tag, tf_config(ports, 'chief'),
                           model_dir, max_steps)
   chief_code, _, chief_out = processes.wait(chief)
@@ -105,26 +108,30 @@ def test_two_workers_train_as_two_replicas_and_only_the_chief_writes(
   got = variables(tmp_path / 'chief_dir')
   assert int(got['global_step']) == 20
   assert_same_variables(got, variables(tmp_path / 'single'))
-  # The worker wrote nothing (its model_dir was never made); the chief's
-  # checkpoints hold each worker's input position.
-  assert not (tmp_path / 'worker_dir').exists()
+  # The worker wrote its input positions alone, at the chief's checkpoint
+  # steps; the chief's checkpoints hold its own.
+  written = sorted(os.listdir(str(tmp_path / 'worker_dir')))
+  assert written == ['input_positions'], written
+  positions = os.listdir(str(tmp_path / 'worker_dir' / 'input_positions' /
+                             'worker_1'))
+  assert {'position-8.index', 'position-16.index',
+          'position-20.index'} <= set(positions), positions
   keys = [name for name, _ in v1.train.list_variables(
       v1.train.latest_checkpoint(str(tmp_path / 'chief_dir')))]
   assert len([k for k in keys if k.startswith(
-      'hookestimator/input_position/worker_')]) == 2
-  # The meta graph the chief wrote: gradients summed by collective
-  # all-reduces on both tasks, and every op that writes a file on the
-  # chief.
+      'hookestimator/input_position/')]) == 1
+  # The meta graph the chief wrote holds the chief's replicas alone (each
+  # worker builds its own): gradients summed by collective all-reduces,
+  # and every op on the chief.
   graph_def = _meta_graph_def(tmp_path / 'chief_dir')
+  devices = [n.device for n in graph_def.node] + [
+      n.device for f in graph_def.library.function for n in f.node_def]
+  assert not any('/job:worker' in d for d in devices)
   reduces = [n.device for n in graph_def.node if n.op.startswith(
       'CollectiveReduce')]
   reduces += [n.device for f in graph_def.library.function
               for n in f.node_def if n.op.startswith('CollectiveReduce')]
-  assert any('/job:worker/task:0' in d for d in reduces), reduces
-  assert any('/job:chief/task:0' in d for d in reduces), reduces
-  writers = [n for n in graph_def.node if n.op in (
-      'SaveV2', 'MergeV2Checkpoints', 'WriteFile', 'WriteSummary')]
-  assert writers and all('/job:chief/task:0' in n.device for n in writers)
+  assert reduces and all('/job:chief/task:0' in d for d in reduces), reduces
 
 
 def test_every_task_runs_the_same_command(tmp_path):
@@ -149,7 +156,8 @@ def test_every_task_runs_the_same_command(tmp_path):
   assert worker_code == 0, worker_out[-3000:]
   assert 'to global step 20' in chief_out
   assert os.path.exists(str(tmp_path / 'chief_dir' / 'operative_config-0.gin'))
-  assert not (tmp_path / 'worker_dir').exists()
+  # The worker wrote its input positions alone.
+  assert os.listdir(str(tmp_path / 'worker_dir')) == ['input_positions']
   assert not any(listening(p) for p in ports)
 
 
