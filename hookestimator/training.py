@@ -174,11 +174,14 @@ class Training(object):
           device_feeds.session_pools(config.session_config))
       infeed.run_options = outfeed.run_options = feeding_options
     else:
-      # A distributed session has no thread pool options; it places ops on
-      # this task alone (collective ops reach the others themselves).
+      # A distributed session has no thread pool options. A worker's
+      # places ops on its own task alone (collective ops reach the other
+      # workers themselves); the chief's session of a cluster with feeders
+      # runs their pipelines too.
       session_config = task_server.server_config(config.session_config)
-      session_config.device_filters.append(
-          cluster_lib.task_name(cluster.task))
+      if joined:
+        session_config.device_filters.append(
+            cluster_lib.task_name(cluster.task))
       self._loop_options = None
     self._fetch = device_loop.train_op
     master = ''
