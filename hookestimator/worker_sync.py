@@ -9,8 +9,8 @@ gRPC runtime.
   broadcast to every worker (`StartHook`), so that every replica starts
   from the same values; then each worker's replica copies are set from
   them, and its input continues from its own saved position.
-- After every loop the tasks agree (`AgreementHook`, one all-reduce of
-  the maximum) on what the chief decides: the next loop's size, whether to
+- After every loop the tasks agree (`AgreementHook`, one all-reduce sum;
+  TF 1.15's has no maximum) on what the chief decides: the next loop's size, whether to
   save a checkpoint now, and whether to stop (the chief's signal, or a
   worker's). So every task runs the same loops and stops after the same
   one.
@@ -72,7 +72,8 @@ class WorkerGroup(object):
     with tf.device(self._device), v1.name_scope('worker_sync'):
       self.broadcast_op = self._broadcast(variables)
       self._proposal = v1.placeholder(tf.float32, [3], name='proposal')
-      self.agreed = self._all_reduce(self._proposal, 'Max')
+      # Only the chief proposes a save and a size; any task a stop.
+      self.agreed = self._all_reduce(self._proposal, 'Add')
       self.barrier = self._all_reduce(tf.constant([1.0]), 'Add')
     self.position = None
     self._position_saver = None
@@ -120,7 +121,7 @@ class WorkerGroup(object):
     self.position_saved = True
     step = int(session.run(v1.train.get_global_step()))
     path = self._position_path(step)
-    if not v1.train.checkpoint_exists(path):
+    if not tf.io.gfile.exists(path + '.index'):
       if step > 0:
         log.info('Worker %d has no input position at step %d (%s); its '
                  'input starts from its beginning.', self.worker, step, path)
@@ -142,7 +143,8 @@ class WorkerGroup(object):
       proposal[_SAVE] = 1.0 if save else 0.0
       proposal[_SIZE] = float(size)
     agreed = session.run(self.agreed, {self._proposal: proposal})
-    return bool(agreed[_STOP]), bool(agreed[_SAVE]), int(agreed[_SIZE])
+    return (bool(agreed[_STOP] > 0), bool(agreed[_SAVE] > 0),
+            int(round(agreed[_SIZE])))
 
   def save_position(self, session, step):
     """A worker's input position at `step`, then the barrier the chief
