@@ -202,6 +202,11 @@ class Training(object):
         runs.run_loops(self._creator, self._hooks, self._fetch,
                        self._rendezvous, aborts=self._aborts,
                        options=self._loop_options)
+    except tf.errors.OpError as error:
+      explained = worker_sync.explained(error)
+      if explained is error:
+        raise
+      raise explained from error
     finally:
       self._writer.close()  # Every event written, whatever ended the run.
     self._signal_stop.raise_if_stopped(estimator.checkpoint_step(),

@@ -40,6 +40,33 @@ TASK_GROUP_KEY = 2
 POSITIONS_DIR = 'input_positions'
 # The agreement's fields.
 _STOP, _SAVE, _SIZE = range(3)
+# How long the agreement at the end of a run waits for the other tasks:
+# they end the same loop at about the same time (every step waits for all
+# at its all-reduce), unless this task's input ended before theirs, which
+# leaves them waiting at a step's all-reduce for this task.
+END_AGREEMENT_SECS = 60
+
+
+class UnevenInputError(RuntimeError):
+  """A task's input ended while the other workers still had input."""
+
+
+_SAME_LENGTH = ("every worker's input must give the same number of batches "
+                '(repeat it and give train() steps or max_steps, or shard it '
+                'evenly)')
+
+
+def explained(error):
+  """`error` as the run reports it: a collective op aborted mid-step (where
+  TensorFlow aborts it when another task's run ended, as when that task's
+  input ended before this one's) says what to do."""
+  if (isinstance(error, tf.errors.OpError) and
+      'Collective ops is aborted' in (error.message or '')):
+    return UnevenInputError(
+        'a step\'s all-reduce was aborted: another worker stopped in the '
+        'middle of the run, as one does when its input ends before the '
+        'others\'; %s. %s' % (_SAME_LENGTH, error.message.splitlines()[0]))
+  return error
 
 
 def positions_dir(model_dir, worker):
@@ -134,15 +161,19 @@ class WorkerGroup(object):
                         'position-%d' % step)
 
   # ---------------------------------------------------------- every loop
-  def agree(self, session, stop, save, size):
+  def agree(self, session, stop, save, size, timeout=None):
     """The tasks' common decision: (stop, save, next loop size). Only the
-    chief's save and size count; any task's stop does."""
+    chief's save and size count; any task's stop does. With `timeout`
+    (seconds), a DeadlineExceededError when the others do not join."""
     proposal = np.zeros([3], np.float32)
     proposal[_STOP] = 1.0 if stop else 0.0
     if self.is_chief:
       proposal[_SAVE] = 1.0 if save else 0.0
       proposal[_SIZE] = float(size)
-    agreed = session.run(self.agreed, {self._proposal: proposal})
+    options = (None if timeout is None else
+               v1.RunOptions(timeout_in_ms=int(timeout * 1000)))
+    agreed = session.run(self.agreed, {self._proposal: proposal},
+                         options=options)
     return (bool(agreed[_STOP] > 0), bool(agreed[_SAVE] > 0),
             int(round(agreed[_SIZE])))
 
@@ -228,7 +259,15 @@ class AgreementHook(v1.train.SessionRunHook):
       save = True
     # The chief writes its final checkpoint after this (its hook comes
     # later): every worker's position of that step first.
-    stop, save, _ = self._group.agree(session, True, save, 0)
-    del stop
+    try:
+      _, save, _ = self._group.agree(session, True, save, 0,
+                                     timeout=END_AGREEMENT_SECS)
+    except tf.errors.DeadlineExceededError:
+      raise UnevenInputError(
+          'the input of %s ended at step %d while the other workers still '
+          'had input, and they wait for its next step: %s. The run stops '
+          'at the last checkpoint.' % (
+              self._group.cluster.describe(self._group.cluster.task), step,
+              _SAME_LENGTH))
     if save:
       self._group.save_position(session, step)

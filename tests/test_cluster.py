@@ -35,20 +35,22 @@ class Processes(processes_lib.Processes):
   """Starts tests/cluster_task.py too."""
 
   def start(self, name, cluster, model_dir, max_steps, replicas=1,
-            timeout=30):
+            timeout=30, batches=None):
     """Starts tests/cluster_task.py."""
     return self.start_command(name, [
         TASK, cluster, str(model_dir), str(max_steps), str(replicas),
-        str(timeout)])
+        str(timeout)] + ([batches] if batches else []))
 
 
-def run_cluster(processes, ports, model_dir, max_steps, tmp_path, tag=''):
+def run_cluster(processes, ports, model_dir, max_steps, tmp_path, tag='',
+                batches=None):
   # A worker keeps its input position in its own model_dir, the same
   # across restarts.
   worker = processes.start('worker' + tag, tf_config(ports, 'worker'),
-                           tmp_path / 'worker_dir', max_steps)
+                           tmp_path / 'worker_dir', max_steps,
+                           batches=batches)
   chief = processes.start('chief' + tag, tf_config(ports, 'chief'),
-                          model_dir, max_steps)
+                          model_dir, max_steps, batches=batches)
   chief_code, _, chief_out = processes.wait(chief)
   worker_code, _, worker_out = processes.wait(worker)
   assert chief_code == 0, chief_out[-3000:]
@@ -199,11 +201,17 @@ def test_a_lost_worker_stops_the_chief_and_a_restart_resumes_exactly(
   assert_same_variables(got, variables(tmp_path / 'single'))
 
 
-def test_a_lost_chief_stops_the_worker_naming_it(tmp_path):
+def test_a_lost_chief_stops_the_worker_naming_it_and_a_restart_resumes(
+    tmp_path):
+  """kill -9 of the chief mid-run: the worker exits non-zero within 60 s
+  naming it. Both restarted, training resumes from the chief's last
+  checkpoint, each worker's input from its position saved beside it, to
+  the variables of a run never interrupted."""
+  model_dir = tmp_path / 'chief_dir'
   ports = free_ports(2)
   with Processes(tmp_path) as processes:
     worker, chief = start_and_wait_for_a_checkpoint(
-        processes, ports, tmp_path / 'chief_dir', tmp_path)
+        processes, ports, model_dir, tmp_path)
     os.kill(chief.pid, signal.SIGKILL)
     killed = time.monotonic()
     code = worker.wait(RUN_SECS)
@@ -211,6 +219,54 @@ def test_a_lost_chief_stops_the_worker_naming_it(tmp_path):
     _, _, out = processes.wait(worker)
   assert code != 0
   assert 'lost task /job:chief/task:0' in out, out[-3000:]
+  assert not any(listening(p) for p in ports)
+  step = int(v1.train.load_variable(
+      v1.train.latest_checkpoint(str(model_dir)), 'global_step'))
+  max_steps = step + 12
+  ports = free_ports(2)
+  with Processes(tmp_path) as processes:
+    single = processes.start('single', '', tmp_path / 'single', max_steps,
+                             replicas=2)
+    run_cluster(processes, ports, model_dir, max_steps, tmp_path,
+                tag='_again')
+    code, _, single_out = processes.wait(single)
+    assert code == 0, single_out[-3000:]
+  assert not any(listening(p) for p in ports)
+  got = variables(model_dir)
+  assert int(got['global_step']) == max_steps
+  assert_same_variables(got, variables(tmp_path / 'single'))
+
+
+def test_inputs_of_one_length_end_every_worker_at_their_last_batch(
+    tmp_path):
+  # 6 batches on each worker: every task ends at step 6, the chief's last
+  # checkpoint at 6, as one process of two replicas reading both shards.
+  ports = free_ports(2)
+  with Processes(tmp_path) as processes:
+    run_cluster(processes, ports, tmp_path / 'chief_dir', 100, tmp_path,
+                batches='6')
+  assert not any(listening(p) for p in ports)
+  assert int(variables(tmp_path / 'chief_dir')['global_step']) == 6
+
+
+def test_an_input_ending_before_the_others_stops_the_run_naming_it(
+    tmp_path):
+  # The worker's input ends a batch before the chief's, which waits at the
+  # next step's all-reduce: TensorFlow aborts it when the worker's run
+  # ends, or the worker's agreement at the end times out. Either way both
+  # end non-zero, saying why, and no port is left listening.
+  ports = free_ports(2)
+  with Processes(tmp_path) as processes:
+    worker = processes.start('worker', tf_config(ports, 'worker'),
+                             tmp_path / 'worker_dir', 100, batches='6-')
+    chief = processes.start('chief', tf_config(ports, 'chief'),
+                            tmp_path / 'chief_dir', 100, batches='6-')
+    chief_code, _, chief_out = processes.wait(chief)
+    worker_code, _, worker_out = processes.wait(worker)
+  assert worker_code != 0 and chief_code != 0
+  assert 'same number of batches' in worker_out, worker_out[-3000:]
+  assert 'same number of batches' in chief_out or (
+      'lost task /job:worker/task:0' in chief_out), chief_out[-3000:]
   assert not any(listening(p) for p in ports)
 
 
