@@ -6,12 +6,13 @@ each worker's input pipeline goes.
                             "worker": ["10.0.0.2:2222"]},
                 "task": {"type": "worker", "index": 0}}'
 
-The chief (job `chief`, task 0) is worker 0 and the client of the run: it
-builds the one graph. Task i of job `worker` is worker i + 1. Every worker
-runs `num_replicas` replicas on its own devices and, in a cluster without
-feeders, one input pipeline on its own CPU. With a `feeder` job, the
-feeders run the input pipelines instead (feeder_tasks.py), one each, and feed
-the chief, which then trains alone (no `worker` job).
+The chief (job `chief`, task 0) is worker 0 and writes the run's files.
+Task i of job `worker` is worker i + 1. Every worker builds and runs
+`num_replicas` replicas on its own devices, in a graph and session of its
+own, with one input pipeline on its own CPU; collective ops join the
+workers (worker_sync.py). With a `feeder` job, the feeders run the input
+pipelines instead (feeder_tasks.py), one each, and feed the chief, which
+then trains alone (no `worker` job) from a session spanning them.
 
 An `evaluator` task (TF_CONFIG's task type; as in Estimator it need not be
 a job of the cluster) is outside the training cluster: it evaluates the

@@ -92,7 +92,7 @@ class Training(object):
       group = worker_sync.WorkerGroup(
           cluster, v1.global_variables(),
           v1.variables_initializer(device_loop.mirrored.copies), infeed,
-          model_dir)
+          model_dir, keep=config.keep_checkpoint_max)
     # Before anything is written to model_dir.
     model_dir_lib.check_checkpoint_matches(estimator.latest_checkpoint(),
                                            v1.global_variables())

@@ -85,10 +85,12 @@ class WorkerGroup(object):
       its replica-0 variables.
     infeed: this task's infeed, whose input position workers save.
     model_dir: where positions are written.
+    keep: how many positions a worker keeps (the chief's
+      keep_checkpoint_max, its saves being the chief's).
   """
 
   def __init__(self, cluster, variables, copies_initializer, infeed,
-               model_dir):
+               model_dir, keep=None):
     self.cluster = cluster
     self.is_chief = cluster.is_chief
     self.worker = cluster.worker_index
@@ -109,7 +111,7 @@ class WorkerGroup(object):
           infeed.initializer, label='worker_%d_' % self.worker)
       with tf.device(self._device):
         self._position_saver = v1.train.Saver(
-            self.position.saveables, sharded=False, max_to_keep=None,
+            self.position.saveables, sharded=False, max_to_keep=keep,
             write_version=v1.train.SaverDef.V2)
     self.position_saved = False
 
