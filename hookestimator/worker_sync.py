@@ -44,7 +44,7 @@ _STOP, _SAVE, _SIZE = range(3)
 # they end the same loop at about the same time (every step waits for all
 # at its all-reduce), unless this task's input ended before theirs, which
 # leaves them waiting at a step's all-reduce for this task.
-END_AGREEMENT_SECS = 60
+END_AGREEMENT_SECS = 30
 
 
 class UnevenInputError(RuntimeError):

@@ -264,7 +264,8 @@ def test_an_input_ending_before_the_others_stops_the_run_naming_it(
                              tmp_path / 'worker_dir', 100, batches='6-')
     chief = processes.start('chief', tf_config(ports, 'chief'),
                             tmp_path / 'chief_dir', 100, batches='6-')
-    chief_code, _, chief_out = processes.wait(chief)
+    # Start-up, the end agreement's 30 s, the lost-task bound.
+    chief_code, _, chief_out = processes.wait(chief, RUN_SECS + LOST_SECS)
     worker_code, _, worker_out = processes.wait(worker)
   assert not any(listening(p) for p in ports)
   if chief_code == 0:
