@@ -106,37 +106,35 @@ def _AllReduceTimer(v1, tf, cluster, parameters, steps, out):
   """A hook timing, in the training session before the first loop (every
   worker connected), a loop of collective all-reduces of a gradient-sized
   tensor over the workers, as the training step's sums are; appends ms a
-  step to `out`."""
+  step to `out`. Every task runs it, each its own part."""
   from hookestimator import replicas  # pylint: disable=g-import-not-at-top
 
   class AllReduceTimer(v1.train.SessionRunHook):
 
     def begin(self):
-      hosts = [cluster.host_device(w) for w in range(cluster.num_workers)]
-      grads = []
-      for host in hosts:
-        with tf.device(host):
-          # Outside every collection: neither saved nor checked.
-          grads.append(v1.Variable(tf.ones([parameters]), collections=[],
-                                   use_resource=True, trainable=False,
-                                   name='allreduce_bench_%d' % len(grads)))
+      # Each task builds its own part, as its training step's sums are.
+      host = cluster.task_cpu
+      with tf.device(host):
+        # Outside every collection: neither saved nor checked.
+        grad = v1.Variable(tf.ones([parameters]), collections=[],
+                           use_resource=True, trainable=False,
+                           name='allreduce_bench')
 
       def body(i):
-        # A group of its own: the training's group has other shapes.
-        totals = replicas.collective_sum(
-            [g.read_value() for g in grads], hosts, group_key=2,
-            instance_key=replicas.next_instance_key())
-        stores = []
-        for host, grad, total in zip(hosts, grads, totals):
-          with tf.device(host):
-            stores.append(grad.assign(total * 0.5))
-        with tf.control_dependencies(stores):
+        # A group of its own: the training's groups have other shapes.
+        total, = replicas.collective_sum(
+            [grad.read_value()], [host], group_key=3,
+            instance_key=replicas.next_instance_key(),
+            group_size=cluster.num_workers)
+        with tf.device(host):
+          store = grad.assign(total * 0.5)
+        with tf.control_dependencies([store]):
           return i + 1
       self._count = v1.placeholder(tf.int32, [])
-      with tf.device(hosts[0]):
+      with tf.device(host):
         self._loop = v1.while_loop(lambda i: i < self._count, body,
                                    [tf.constant(0)], parallel_iterations=1)
-      self._init = [g.initializer for g in grads]
+      self._init = [grad.initializer]
 
     def after_create_session(self, session, coord):
       session.run(self._init)

@@ -211,6 +211,8 @@ class CheckpointHook(v1.train.SessionRunHook):
     self._write = BackgroundWrite()
     self._position_in_last_save = False
     self.saved_steps = []
+    # On a cluster, the tasks' agreement decides each save (worker_sync).
+    self.agreed_save = None
 
   @property
   def asynchronous(self):
@@ -261,17 +263,27 @@ class CheckpointHook(v1.train.SessionRunHook):
   def before_run(self, run_context):
     return v1.train.SessionRunArgs(self._global_step_after)
 
+  def due(self, step):
+    """Whether a loop ending at `step` is due a checkpoint."""
+    return self._timer.should_trigger_for_step(step)
+
+  def due_at_end(self, step):
+    """Whether the run ending at `step` writes a final checkpoint."""
+    input_ended = bool(getattr(self._infeed, 'input_ended', False))
+    return (step != self._timer.last_triggered_step() or
+            (input_ended and self._position_in_last_save))
+
   def after_run(self, run_context, run_values):
     self._write.raise_if_failed()
     step = int(run_values.results)
-    if self._timer.should_trigger_for_step(step):
+    save, self.agreed_save = self.agreed_save, None
+    if save if save is not None else self.due(step):
       self._save(run_context.session, step)
 
   def end(self, session):
     step = int(session.run(v1.train.get_global_step()))
     input_ended = bool(getattr(self._infeed, 'input_ended', False))
-    if (step != self._timer.last_triggered_step() or
-        (input_ended and self._position_in_last_save)):
+    if self.due_at_end(step):
       self._save(session, step, rewind_input=input_ended)
     self._write.wait()
 

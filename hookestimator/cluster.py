@@ -6,12 +6,13 @@ each worker's input pipeline goes.
                             "worker": ["10.0.0.2:2222"]},
                 "task": {"type": "worker", "index": 0}}'
 
-The chief (job `chief`, task 0) is worker 0 and the client of the run: it
-builds the one graph. Task i of job `worker` is worker i + 1. Every worker
-runs `num_replicas` replicas on its own devices and, in a cluster without
-feeders, one input pipeline on its own CPU. With a `feeder` job, the
-feeders run the input pipelines instead (feeder_tasks.py), one each, and feed
-the chief, which then trains alone (no `worker` job).
+The chief (job `chief`, task 0) is worker 0 and writes the run's files.
+Task i of job `worker` is worker i + 1. Every worker builds and runs
+`num_replicas` replicas on its own devices, in a graph and session of its
+own, with one input pipeline on its own CPU; collective ops join the
+workers (worker_sync.py). With a `feeder` job, the feeders run the input
+pipelines instead (feeder_tasks.py), one each, and feed the chief, which
+then trains alone (no `worker` job) from a session spanning them.
 
 An `evaluator` task (TF_CONFIG's task type; as in Estimator it need not be
 a job of the cluster) is outside the training cluster: it evaluates the
@@ -21,6 +22,8 @@ import json
 import logging
 import os
 import re
+
+import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +129,16 @@ class Cluster(object):
     return task_name(self.feeders[feeder]) + '/device:CPU:0'
 
   def replica_devices(self, kind, local_count):
-    """Every replica's device: `local_count` per worker, worker by worker."""
-    return ['%s/device:%s:%d' % (task_name(task), kind.upper(), local)
-            for task in self.tasks for local in range(local_count)]
+    """This task's replicas' devices: `local_count` of its own. (Every
+    worker builds and runs its own replicas; collective all-reduces join
+    them.)"""
+    return ['%s/device:%s:%d' % (task_name(self.task), kind.upper(), local)
+            for local in range(local_count)]
+
+  @property
+  def task_cpu(self):
+    """This task's CPU, where its input pipeline and bookkeeping run."""
+    return task_name(self.task) + '/device:CPU:0'
 
   def cluster_def(self):
     """The jobs as a tf.train.ClusterSpec's dict."""
@@ -148,6 +158,16 @@ class Cluster(object):
 
 def task_name(task):
   return '/job:%s/task:%d' % task
+
+
+def input_context(pipeline, num_pipelines, num_replicas):
+  """What input_fn learns of its place in the cluster (a
+  tf.distribute.InputContext): its pipeline's index among
+  `num_pipelines` (a worker's or feeder's), `num_replicas` replicas in
+  all."""
+  return tf.distribute.InputContext(num_input_pipelines=num_pipelines,
+                                    input_pipeline_id=pipeline,
+                                    num_replicas_in_sync=num_replicas)
 
 
 def _check_jobs(jobs):

@@ -175,11 +175,15 @@ class HookEstimator(object):
       self._train(input_fn, steps, max_steps, user_hooks)
       return self
     server = task_server.server(cluster, self._config.session_config)
-    if not cluster.is_chief:
-      task_server.serve(cluster, server, self._config.peer_timeout_secs)
-    task_server.run_chief(cluster, server, self._config.peer_timeout_secs,
-                    lambda: self._train(input_fn, steps, max_steps,
-                                        user_hooks))
+    timeout = self._config.peer_timeout_secs
+
+    def run():
+      self._train(input_fn, steps, max_steps, user_hooks)
+    if cluster.task_type == 'feeder':
+      task_server.serve(cluster, server, timeout)
+    elif not cluster.is_chief:  # Trains its own replicas; never returns.
+      task_server.run_worker(cluster, server, timeout, run)
+    task_server.run_chief(cluster, server, timeout, run)
     return self
 
   def _train(self, input_fn, steps, max_steps, user_hooks):

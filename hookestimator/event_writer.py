@@ -38,7 +38,9 @@ _numbers = itertools.count(1)
 
 
 class EventWriter(object):
-  """A run's event file in `logdir`, with `graph`'s definition when given.
+  """A run's event file in `logdir`, with `graph`'s definition when given;
+  with no `logdir` (a cluster's worker, whose chief writes the run's
+  events) every summary is dropped.
 
   add_summary and flush may be called from any thread; after close() a
   summary is dropped (a thread still running past the end of its run
@@ -73,6 +75,8 @@ class EventWriter(object):
       writer.close()
 
   def _open(self):
+    if self.logdir is None:
+      return None
     with self._lock:
       if self._closed:
         log.warning('A summary for %s came after its run ended; dropped',

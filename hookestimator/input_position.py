@@ -229,7 +229,7 @@ class InputPositions(object):
 
 def for_infeed(infeed):
   """The position of `infeed`'s input: one InputPosition, or with one part
-  per worker (cluster_infeeds.WorkerInfeeds) or feeder (feeder_tasks.FeederInfeeds)
+  per feeder (feeder_tasks.FeederInfeeds)
   one per part, each under a key naming its part; None for input whose
   position cannot be saved (tensor_input.TensorInfeed's)."""
   if not getattr(infeed, 'saves_position', True):

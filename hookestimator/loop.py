@@ -168,7 +168,7 @@ class DeviceLoop(object):
 
   def __init__(self, global_step, infeed, outfeed, call_model_fn, device,
                check_nan_loss=False, replica_devices=None,
-               collective=False):
+               group_size=None):
     self.iterations = v1.placeholder(tf.int32, [], name='iterations')
     self.spec = None
     self.host_call = None
@@ -177,6 +177,10 @@ class DeviceLoop(object):
     off_tpu = device.kind != 'tpu'
     replica_devices = replica_devices or [device.model_device]
     count = len(replica_devices)
+    # With `group_size`, these replicas are this task's part of a
+    # cluster's: collective all-reduces join them to the other tasks'.
+    collective = group_size is not None
+    group = group_size or count
     self.mirrored = replicas_lib.MirroredVariables()
 
     def replica_scope(index, sums):
@@ -203,11 +207,8 @@ class DeviceLoop(object):
         step_value = tf.raw_ops.ReadVariableOp(resource=global_step.handle,
                                                dtype=tf.int64)
       with tf.control_dependencies([step_value]):
-        if hasattr(infeed, 'dequeue_replicas'):  # One infeed per worker.
-          per_replica = infeed.dequeue_replicas()
-        else:
-          per_replica = replicas_lib.unstack(infeed.dequeue(), count)
-      sums = replicas_lib.CrossReplicaSums(count, replica_devices,
+        per_replica = replicas_lib.unstack(infeed.dequeue(), count)
+      sums = replicas_lib.CrossReplicaSums(group, replica_devices,
                                            collective=collective)
       specs = []
       graph = v1.get_default_graph()
@@ -226,24 +227,33 @@ class DeviceLoop(object):
               handle, own_reads + graph.get_operations()[first_model_op:])
         specs.append(spec)
       if off_tpu:
-        if count > 1 and sums.count == 0:
+        if group > 1 and sums.count == 0:
           raise ValueError(
               'model_fn made no cross-replica sum, so %d replicas would '
               'train apart: wrap the optimizer in '
               'tf.compat.v1.tpu.CrossShardOptimizer, or sum the gradients '
-              'with tf.compat.v1.tpu.cross_replica_sum' % count)
+              'with tf.compat.v1.tpu.cross_replica_sum' % group)
         sums.wire()
       self.spec = specs[0]
       with (tf.device(replica_devices[0]) if off_tpu and replica_devices[0]
             else contextlib.nullcontext()):
         losses = [tf.cast(s.loss, tf.float32) for s in specs]
-        loss = losses[0] if count == 1 else tf.add_n(losses) / count
+        if collective:  # The mean over every task's replicas.
+          loss = replicas_lib.collective_sum(
+              losses, replica_devices, replicas_lib.COLLECTIVE_GROUP_KEY,
+              replicas_lib.next_instance_key(), group_size=group)[0] / group
+        else:
+          loss = losses[0] if count == 1 else tf.add_n(losses) / count
         if check_nan_loss and off_tpu:
           loss = nan.checked_loss(loss, step_value)
         outfed = [step_value, loss]
         if self.spec.host_call is not None:
+          host_calls = [s.host_call for s in specs]
+          if collective:  # Every task's replicas' rows, in replica order.
+            host_calls = [replicas_lib.gather_host_calls(
+                host_calls, replica_devices, group)]
           self.host_call = spec_lib.HostCall(
-              replicas_lib.concat_host_calls([s.host_call for s in specs]))
+              replicas_lib.concat_host_calls(host_calls))
           outfed += self.host_call.tensors
         train_op = tf.group(*[s.train_op for s in specs])
         with tf.control_dependencies([train_op]):

@@ -207,6 +207,19 @@ def concat_host_calls(host_calls):
               for parts in zip(*[h[1] for h in host_calls])]
 
 
+def gather_host_calls(host_calls, devices_, group_size):
+  """This task's replicas' host_calls as one `(fn, tensors)` whose every
+  tensor is the concatenation over all `group_size` replicas of the
+  cluster (an all-gather)."""
+  fn, first = host_calls[0]
+  keys = sorted(first) if isinstance(first, dict) else None
+  columns = ([[h[1][k] for h in host_calls] for k in keys] if keys else
+             [list(parts) for parts in zip(*[h[1] for h in host_calls])])
+  gathered = [collective_concat(parts, devices_, COLLECTIVE_GROUP_KEY,
+                                group_size)[0] for parts in columns]
+  return fn, (dict(zip(keys, gathered)) if keys else gathered)
+
+
 def concat_outfed(per_replica, weights):
   """Each replica's list of outfed tensors combined position by position:
   concatenated along the first axis, scalars (a loss) averaged with the
@@ -236,26 +249,44 @@ def next_instance_key():
   return next(_instance_keys)
 
 
-def collective_sum(values, devices_, group_key, instance_key):
-  """The sum of `values` (one per device of `devices_`), on each device,
-  by TensorFlow's collective all-reduce (a ring over the devices, across
-  tasks through the gRPC runtime); the tasks' servers need
-  `collective_group_leader` set (peers.server_config)."""
+def collective_sum(values, devices_, group_key, instance_key,
+                   group_size=None, merge_op='Add'):
+  """The sum of `values` (one per device of `devices_`, this task's part
+  of a group of `group_size` devices, all of them by default) over the
+  whole group, on each device, by TensorFlow's collective all-reduce (a
+  ring over the devices, across tasks through the gRPC runtime); the
+  tasks' servers need `collective_group_leader` set
+  (task_server.server_config). `merge_op` 'Max' gives the maximum."""
   sums = []
   for value, device in zip(values, devices_):
     with tf.device(device):
       sums.append(collective_ops.all_reduce(
-          tf.convert_to_tensor(value), len(devices_), group_key,
-          instance_key, 'Add', 'Id'))
+          tf.convert_to_tensor(value), group_size or len(devices_),
+          group_key, instance_key, merge_op, 'Id'))
   return sums
 
 
-class CrossReplicaSums(object):
-  """The cross-replica sums of the replicas built inside `recording()`.
+def collective_concat(values, devices_, group_key, group_size):
+  """Each value of `values` (one per device of `devices_`, this task's
+  part of a group of `group_size`) concatenated along its first axis over
+  the whole group, in the group's device order, on each device."""
+  instance_key = next_instance_key()
+  gathered = []
+  for value, device in zip(values, devices_):
+    with tf.device(device):
+      gathered.append(collective_ops.all_gather(
+          tf.convert_to_tensor(value), group_size, group_key, instance_key))
+  return gathered
 
-  With `collective` (a cluster's replicas) each sum is a collective
-  all-reduce; else the add_n of every replica's input on the first
-  replica's device, copied to each."""
+
+class CrossReplicaSums(object):
+  """The cross-replica sums of `count` replicas, this process building
+  those on `devices_` inside `recording()`.
+
+  With `collective` (a cluster's replicas, each task building its own)
+  each sum is a collective all-reduce over all `count`; else this process
+  builds them all, and each sum is the add_n of every replica's input on
+  the first replica's device, copied to each."""
 
   def __init__(self, count, devices_, collective=False):
     self._count = count
@@ -314,7 +345,8 @@ class CrossReplicaSums(object):
     for sums in zip(*self._by_replica):
       if self._collective:
         totals = collective_sum([value for value, _ in sums], self._devices,
-                                COLLECTIVE_GROUP_KEY, next_instance_key())
+                                COLLECTIVE_GROUP_KEY, next_instance_key(),
+                                group_size=self._count)
       else:
         with tf.device(self._devices[0]):
           total = tf.add_n([tf.convert_to_tensor(value) for value, _ in sums])
@@ -506,6 +538,9 @@ class MirroredVariables(object):
 
   def __init__(self):
     self._originals = []
+    # Every copy made (the replicas' global steps included): running
+    # their initialisers again sets them from replica 0's variables.
+    self.copies = []
 
   @contextlib.contextmanager
   def first(self):
@@ -543,6 +578,7 @@ class MirroredVariables(object):
             '%s; model_fn must make the same variables, in the same order, '
             'in every replica' % (index, position, _describe_variable(copy),
                                   _describe_variable(original)))
+    self.copies.extend([step] + made)
     global_ref = graph.get_collection_ref(v1.GraphKeys.GLOBAL_VARIABLES)
     moved = [v for v in global_ref if id(v) not in before]
     global_ref[:] = [v for v in global_ref if id(v) in before]

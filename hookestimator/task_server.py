@@ -458,10 +458,43 @@ def run_chief(cluster, server_, timeout, run):
 
 
 def serve(cluster, server_, timeout):
-  """A worker's or feeder's part: waits for the chief, serves its run (the
-  chief's session runs this task's replicas or input pipeline), and when
-  the chief says the run ended, or stops answering, ends the process:
-  status 0 when the run succeeded, else non-zero. Never returns."""
+  """A feeder's part: waits for the chief, serves its run (the chief's
+  session runs this task's input pipeline), and when the chief says the
+  run ended, or stops answering, ends the process: status 0 when the run
+  succeeded, else non-zero. Never returns."""
+  _await_end(*_greet_chief(cluster, server_, timeout))
+
+
+def run_worker(cluster, server_, timeout, run):
+  """A worker's part: greets the chief, runs `run()` (its own training,
+  in step with the others), and ends the process as the chief says the
+  run ended: the chief's status, or this worker's own where its run
+  failed or a signal stopped it. The chief is watched from the start; if
+  it is lost, the process ends non-zero within EXIT_GRACE_SECS, whatever
+  the training is doing. Never returns."""
+  greeting = _greet_chief(cluster, server_, timeout)
+  watch = threading.Thread(target=_await_end, args=greeting, daemon=True,
+                           name='ChiefWatch')
+  watch.start()
+  name = cluster_lib.task_name(cluster.task)
+  try:
+    run()
+  except SystemExit as stop:  # A signal stopped training, checkpointed.
+    watch.join(ANSWER_SECS + SILENT_SECS)
+    _exit(stop.code if isinstance(stop.code, int) else EXIT_LOST, str(stop))
+  except BaseException as error:  # pylint: disable=broad-except
+    log.exception('Worker %s failed', name)
+    _exit(EXIT_LOST, 'Worker %s failed: %s: %s' % (
+        name, type(error).__name__, _first_line(error)))
+  # The chief's word on how the run ended (its final checkpoint written)
+  # ends this process.
+  watch.join()
+  _exit(EXIT_LOST, 'Worker %s: the chief watch ended' % name)
+
+
+def _greet_chief(cluster, server_, timeout):
+  """Connects to the chief and says hello; returns what _await_end needs.
+  Ends the process if the chief does not answer within `timeout`."""
   peer = cluster.peers.index(cluster.task)
   name = cluster_lib.task_name(cluster.task)
   role = cluster.task_type.capitalize()
@@ -491,6 +524,13 @@ def serve(cluster, server_, timeout):
   except (LostTaskError, tf.errors.OpError) as error:
     _exit(EXIT_LOST, '%s %s: %s' % (role, name, _first_line(error)))
   log.info('%s %s serves the chief %s', role, name, chief.name)
+  return chief, role, name
+
+
+def _await_end(chief, role, name):
+  """Polls the chief's outbox until it says how the run ended, then ends
+  the process with its status; ends it non-zero if the chief is lost."""
+  waiting, take, give, answer = chief.ops
   message = None
   while message is None:
     # Looks before it takes: a dequeue cut off by its deadline may have

@@ -19,7 +19,8 @@ from hookestimator import task_server
 from hookestimator import runs
 from hookestimator import signals
 from hookestimator import tensor_input
-from hookestimator import cluster_infeeds
+from hookestimator import cluster as cluster_lib
+from hookestimator import worker_sync
 from hookestimator.checkpoint import CheckpointHook
 from hookestimator.compat import v1
 from hookestimator.controller import ErrorRendezvous
@@ -44,11 +45,11 @@ class Training(object):
     self._signal_stop = signal_stop
     self.graph = tf.Graph()
     cluster = estimator.config.cluster
-    # In a cluster this process (the chief) is the client: what is not
-    # placed on a worker runs on the chief.
+    # In a cluster each worker (the chief too) builds and runs its own
+    # replicas on its own devices.
     with self.graph.as_default(), (
-        tf.device('/job:chief/task:0') if cluster is not None else
-        contextlib.nullcontext()):
+        tf.device(cluster_lib.task_name(cluster.task)) if cluster is not None
+        else contextlib.nullcontext()):
       self._build(estimator, input_fn, steps, max_steps, user_hooks, add_on)
 
   def _build(self, estimator, input_fn, steps, max_steps, user_hooks,
@@ -73,26 +74,32 @@ class Training(object):
           _pipelines(estimator, input_fn, plan, hosts), hosts,
           cluster.host_device(0))
       outfeed = device_feeds.HostOutfeed()
-    else:
-      hosts = [cluster.host_device(w) for w in range(cluster.num_workers)]
-      infeed = cluster_infeeds.WorkerInfeeds(
-          _pipelines(estimator, input_fn, plan, hosts), hosts,
-          plan.local_count, cluster.host_device(0))
-      outfeed = device_feeds.HostOutfeed()
+    else:  # This worker's own input, as in one process.
+      infeed, outfeed = _feeds(estimator, input_fn, plan, device,
+                               cluster=cluster)
+    # Across workers the sums are collective all-reduces.
+    joined = cluster is not None and cluster.num_workers > 1
+    writes = cluster is None or cluster.is_chief
     device_loop = loop_lib.DeviceLoop(
         global_step, infeed, outfeed,
         lambda features, labels, mode: estimator._call_model_fn(
             features, labels, mode, params),
         device, check_nan_loss=config.check_nan_loss,
         replica_devices=plan.devices,
-        # Across workers the sums are collective all-reduces.
-        collective=cluster is not None and cluster.num_workers > 1)
+        group_size=plan.count if joined else None)
+    group = None
+    if joined:
+      group = worker_sync.WorkerGroup(
+          cluster, v1.global_variables(),
+          v1.variables_initializer(device_loop.mirrored.copies), infeed,
+          model_dir, keep=config.keep_checkpoint_max)
     # Before anything is written to model_dir.
     model_dir_lib.check_checkpoint_matches(estimator.latest_checkpoint(),
                                            v1.global_variables())
     # Opens its event file at the first summary: nothing is written to
     # model_dir before the first step, and closing it ends its thread.
-    self._writer = event_writer.EventWriter(model_dir, self.graph)
+    self._writer = event_writer.EventWriter(model_dir if writes else None,
+                                            self.graph)
     # The run's one event file: hooks with something of their own to show
     # in TensorBoard write it through the run's writer.
     for hook in user_hooks:
@@ -122,22 +129,33 @@ class Training(object):
     device_system = hooks_lib.DeviceSystemHook(
         device, close_ops=cancel_ops or (),
         session_config=config.session_config)
+    # A cluster's chief alone writes checkpoints.
     checkpoints = CheckpointHook(
         model_dir, scaffold, device_loop.global_step_after,
         save_steps=config.save_checkpoints_steps,
-        save_secs=config.save_checkpoints_secs, infeed=infeed)
-    # Order matters. The loop-size hook comes first, so that every later
-    # before_run sees this loop's size. At the end, the feeding hook drains
-    # and joins its threads, and raises any error they hit, before the
-    # checkpoint hook writes the final checkpoint (a failed run saves
-    # nothing more); the device system hook comes last, closing the queues
-    # for good and shutting the system down once nothing uses them.
-    self._hooks = [
+        save_secs=config.save_checkpoints_secs,
+        infeed=infeed) if writes else None
+    # Order matters. On a cluster the start hook comes first, so that every
+    # worker holds the chief's variables (its global step too) before any
+    # hook reads them. The loop-size hook comes next, so that every later
+    # before_run sees this loop's size; on a cluster the agreement follows
+    # it, settling the size, a save and a stop for every task alike (in
+    # place of the signal hook), and at the end has the workers' input
+    # positions written before the chief's final checkpoint. The feeding
+    # hook drains and joins its threads, and raises any error they hit,
+    # before the checkpoint hook writes the final checkpoint (a failed run
+    # saves nothing more); the device system hook comes last, closing the
+    # queues for good and shutting the system down once nothing uses them.
+    self._hooks = [h for h in [
+        group and worker_sync.StartHook(group, self._signal_stop),
         hooks_lib.LoopSizeHook(loop_state, config.iterations_per_loop,
                                device_loop.iterations,
                                device_loop.global_step_after,
                                num_steps=steps, last_step=max_steps,
                                sizer=_step_time_sizer(config)),
+        group and worker_sync.AgreementHook(
+            group, loop_state, device_loop.global_step_after,
+            self._signal_stop, checkpoints),
         feeding,
         hooks_lib.ThroughputHook(estimator.train_batch_size,
                                  config.log_step_count_steps,
@@ -145,26 +163,34 @@ class Training(object):
                                  device_loop.last_loss, self._writer,
                                  tags=reader.tags),
         checkpoints,
-        signals.SignalStopHook(self._signal_stop),
-    ] + ([extra] if extra else []) + list(device_loop.spec.training_hooks) + (
+        None if group else signals.SignalStopHook(self._signal_stop),
+        extra,
+    ] if h] + list(device_loop.spec.training_hooks) + (
         list(user_hooks) + [device_system])
-    self._aborts = [feeding.abort] + ([extra.abort] if extra else []) + [
-        checkpoints.abort, device_system.close]
+    self._aborts = [h.abort for h in (feeding, extra, checkpoints) if h] + [
+        device_system.close]
     if cluster is None:
       session_config, self._loop_options, feeding_options = (
           device_feeds.session_pools(config.session_config))
       infeed.run_options = outfeed.run_options = feeding_options
     else:
-      # A distributed session has no thread pool options.
+      # A distributed session has no thread pool options. A worker's
+      # places ops on its own task alone (collective ops reach the other
+      # workers themselves); the chief's session of a cluster with feeders
+      # runs their pipelines too.
       session_config = task_server.server_config(config.session_config)
+      if joined:
+        session_config.device_filters.append(
+            cluster_lib.task_name(cluster.task))
       self._loop_options = None
     self._fetch = device_loop.train_op
     master = ''
     if cluster is not None:
       master = task_server.server(cluster, config.session_config).target
+    # A worker restores nothing: the chief's values reach it by broadcast.
     self._creator = v1.train.ChiefSessionCreator(
-        scaffold=scaffold, checkpoint_dir=model_dir, config=session_config,
-        master=master)
+        scaffold=scaffold, checkpoint_dir=model_dir if writes else None,
+        config=session_config, master=master)
 
   def run(self):
     """Runs the loops; raises TrainingInterrupted after a signal stopped
@@ -176,6 +202,11 @@ class Training(object):
         runs.run_loops(self._creator, self._hooks, self._fetch,
                        self._rendezvous, aborts=self._aborts,
                        options=self._loop_options)
+    except tf.errors.OpError as error:
+      explained = worker_sync.explained(error)
+      if explained is error:
+        raise
+      raise explained from error
     finally:
       self._writer.close()  # Every event written, whatever ended the run.
     self._signal_stop.raise_if_stopped(estimator.checkpoint_step(),
@@ -203,12 +234,19 @@ def _step_time_sizer(config):
                                  first_size=config.iterations_per_loop)
 
 
-def _feeds(estimator, input_fn, plan, device):
-  """The (infeed, outfeed) of input_fn's input in one process."""
+def _feeds(estimator, input_fn, plan, device, cluster=None):
+  """The (infeed, outfeed) of input_fn's input in this process; on a
+  cluster, this worker's, with params['input_context'] naming its shard."""
   config = estimator.config
   params = dict(estimator.params, batch_size=plan.input_batch)
+  calls = plan.input_calls()
+  if cluster is not None:
+    params['input_context'] = cluster_lib.input_context(
+        cluster.worker_index, cluster.num_workers, plan.count)
+    calls = plan.input_calls(cluster.worker_index,
+                             device=cluster.task_cpu)
   results = [estimator._call_input_fn(input_fn, dict(params), call)
-             for call in plan.input_calls()]
+             for call in calls]
   if tensor_input.is_tensor_input(results[0]):
     element = tensor_input.element(results)
     device_feeds.check_static_shapes(
@@ -234,7 +272,7 @@ def _pipelines(estimator, input_fn, plan, hosts):
   datasets = []
   for index, host in enumerate(hosts):
     params = dict(estimator.params, batch_size=plan.input_batch,
-                  input_context=cluster_infeeds.input_context(
+                  input_context=cluster_lib.input_context(
                       index, len(hosts), plan.count))
     with tf.device(host):
       results = [estimator._call_input_fn(input_fn, dict(params), call)

@@ -2,10 +2,11 @@
 (tests/cluster_task.py) with a TF server on a free 127.0.0.1 port, started
 in its own process group, killed with it when the test ends.
 
-Two workers of one replica train as one process of two replicas; only the
-chief writes; a lost worker stops the chief within 60 s naming it, and a
-restart resumes exactly; a worker alone gives up within its timeout; no
-port still listens after any of these runs.
+Each worker builds and runs its own replicas. Two workers of one replica
+train as one process of two replicas; only the chief writes checkpoints
+(a worker its input positions); a lost worker stops the chief within 60 s
+naming it, and a restart resumes exactly; a worker alone gives up within
+its timeout; no port still listens after any of these runs.
 """
 import glob
 import os
@@ -34,18 +35,22 @@ class Processes(processes_lib.Processes):
   """Starts tests/cluster_task.py too."""
 
   def start(self, name, cluster, model_dir, max_steps, replicas=1,
-            timeout=30):
+            timeout=30, batches=None):
     """Starts tests/cluster_task.py."""
     return self.start_command(name, [
         TASK, cluster, str(model_dir), str(max_steps), str(replicas),
-        str(timeout)])
+        str(timeout)] + ([batches] if batches else []))
 
 
-def run_cluster(processes, ports, model_dir, max_steps, tmp_path, tag=''):
+def run_cluster(processes, ports, model_dir, max_steps, tmp_path, tag='',
+                batches=None):
+  # A worker keeps its input position in its own model_dir, the same
+  # across restarts.
   worker = processes.start('worker' + tag, tf_config(ports, 'worker'),
-                           tmp_path / ('worker_dir' + tag), max_steps)
+                           tmp_path / 'worker_dir', max_steps,
+                           batches=batches)
   chief = processes.start('chief' + tag, tf_config(ports, 'chief'),
-                          model_dir, max_steps)
+                          model_dir, max_steps, batches=batches)
   chief_code, _, chief_out = processes.wait(chief)
   worker_code, _, worker_out = processes.wait(worker)
   assert chief_code == 0, chief_out[-3000:]
@@ -105,26 +110,30 @@ def test_two_workers_train_as_two_replicas_and_only_the_chief_writes(
   got = variables(tmp_path / 'chief_dir')
   assert int(got['global_step']) == 20
   assert_same_variables(got, variables(tmp_path / 'single'))
-  # The worker wrote nothing (its model_dir was never made); the chief's
-  # checkpoints hold each worker's input position.
-  assert not (tmp_path / 'worker_dir').exists()
+  # The worker wrote its input positions alone, at the chief's checkpoint
+  # steps; the chief's checkpoints hold its own.
+  written = sorted(os.listdir(str(tmp_path / 'worker_dir')))
+  assert written == ['input_positions'], written
+  positions = os.listdir(str(tmp_path / 'worker_dir' / 'input_positions' /
+                             'worker_1'))
+  assert {'position-8.index', 'position-16.index',
+          'position-20.index'} <= set(positions), positions
   keys = [name for name, _ in v1.train.list_variables(
       v1.train.latest_checkpoint(str(tmp_path / 'chief_dir')))]
   assert len([k for k in keys if k.startswith(
-      'hookestimator/input_position/worker_')]) == 2
-  # The meta graph the chief wrote: gradients summed by collective
-  # all-reduces on both tasks, and every op that writes a file on the
-  # chief.
+      'hookestimator/input_position/')]) == 1
+  # The meta graph the chief wrote holds the chief's replicas alone (each
+  # worker builds its own): gradients summed by collective all-reduces,
+  # and every op on the chief.
   graph_def = _meta_graph_def(tmp_path / 'chief_dir')
+  devices = [n.device for n in graph_def.node] + [
+      n.device for f in graph_def.library.function for n in f.node_def]
+  assert not any('/job:worker' in d for d in devices)
   reduces = [n.device for n in graph_def.node if n.op.startswith(
       'CollectiveReduce')]
   reduces += [n.device for f in graph_def.library.function
               for n in f.node_def if n.op.startswith('CollectiveReduce')]
-  assert any('/job:worker/task:0' in d for d in reduces), reduces
-  assert any('/job:chief/task:0' in d for d in reduces), reduces
-  writers = [n for n in graph_def.node if n.op in (
-      'SaveV2', 'MergeV2Checkpoints', 'WriteFile', 'WriteSummary')]
-  assert writers and all('/job:chief/task:0' in n.device for n in writers)
+  assert reduces and all('/job:chief/task:0' in d for d in reduces), reduces
 
 
 def test_every_task_runs_the_same_command(tmp_path):
@@ -149,7 +158,8 @@ def test_every_task_runs_the_same_command(tmp_path):
   assert worker_code == 0, worker_out[-3000:]
   assert 'to global step 20' in chief_out
   assert os.path.exists(str(tmp_path / 'chief_dir' / 'operative_config-0.gin'))
-  assert not (tmp_path / 'worker_dir').exists()
+  # The worker wrote its input positions alone.
+  assert os.listdir(str(tmp_path / 'worker_dir')) == ['input_positions']
   assert not any(listening(p) for p in ports)
 
 
@@ -191,11 +201,17 @@ def test_a_lost_worker_stops_the_chief_and_a_restart_resumes_exactly(
   assert_same_variables(got, variables(tmp_path / 'single'))
 
 
-def test_a_lost_chief_stops_the_worker_naming_it(tmp_path):
+def test_a_lost_chief_stops_the_worker_naming_it_and_a_restart_resumes(
+    tmp_path):
+  """kill -9 of the chief mid-run: the worker exits non-zero within 60 s
+  naming it. Both restarted, training resumes from the chief's last
+  checkpoint, each worker's input from its position saved beside it, to
+  the variables of a run never interrupted."""
+  model_dir = tmp_path / 'chief_dir'
   ports = free_ports(2)
   with Processes(tmp_path) as processes:
     worker, chief = start_and_wait_for_a_checkpoint(
-        processes, ports, tmp_path / 'chief_dir', tmp_path)
+        processes, ports, model_dir, tmp_path)
     os.kill(chief.pid, signal.SIGKILL)
     killed = time.monotonic()
     code = worker.wait(RUN_SECS)
@@ -204,6 +220,62 @@ def test_a_lost_chief_stops_the_worker_naming_it(tmp_path):
   assert code != 0
   assert 'lost task /job:chief/task:0' in out, out[-3000:]
   assert not any(listening(p) for p in ports)
+  step = int(v1.train.load_variable(
+      v1.train.latest_checkpoint(str(model_dir)), 'global_step'))
+  max_steps = step + 12
+  ports = free_ports(2)
+  with Processes(tmp_path) as processes:
+    single = processes.start('single', '', tmp_path / 'single', max_steps,
+                             replicas=2)
+    run_cluster(processes, ports, model_dir, max_steps, tmp_path,
+                tag='_again')
+    code, _, single_out = processes.wait(single)
+    assert code == 0, single_out[-3000:]
+  assert not any(listening(p) for p in ports)
+  got = variables(model_dir)
+  assert int(got['global_step']) == max_steps
+  assert_same_variables(got, variables(tmp_path / 'single'))
+
+
+def test_inputs_of_one_length_end_every_worker_at_their_last_batch(
+    tmp_path):
+  # 6 batches on each worker: every task ends at step 6, the chief's last
+  # checkpoint at 6, as one process of two replicas reading both shards.
+  ports = free_ports(2)
+  with Processes(tmp_path) as processes:
+    run_cluster(processes, ports, tmp_path / 'chief_dir', 100, tmp_path,
+                batches='6')
+  assert not any(listening(p) for p in ports)
+  assert int(variables(tmp_path / 'chief_dir')['global_step']) == 6
+
+
+def test_an_input_ending_before_the_others_stops_the_run_naming_it(
+    tmp_path):
+  # The worker's input ends a batch before the chief's, which waits at the
+  # next step's all-reduce for it. TF 1.15 ends that all-reduce with the
+  # worker's OutOfRangeError: the whole run ends at the shorter input's
+  # last batch (step 5), as one process ends at its input's end. TF 2.x
+  # aborts it with an internal error (or the worker's agreement at the end
+  # times out): both tasks end non-zero, saying why. No port is left
+  # listening either way.
+  ports = free_ports(2)
+  with Processes(tmp_path) as processes:
+    worker = processes.start('worker', tf_config(ports, 'worker'),
+                             tmp_path / 'worker_dir', 100, batches='6-')
+    chief = processes.start('chief', tf_config(ports, 'chief'),
+                            tmp_path / 'chief_dir', 100, batches='6-')
+    # Start-up, the end agreement's 30 s, the lost-task bound.
+    chief_code, _, chief_out = processes.wait(chief, RUN_SECS + LOST_SECS)
+    worker_code, _, worker_out = processes.wait(worker)
+  assert not any(listening(p) for p in ports)
+  if chief_code == 0:
+    assert worker_code == 0, worker_out[-3000:]
+    assert int(variables(tmp_path / 'chief_dir')['global_step']) == 5
+    return
+  assert worker_code != 0, worker_out[-3000:]
+  assert 'same number of batches' in worker_out, worker_out[-3000:]
+  assert 'same number of batches' in chief_out or (
+      'lost task /job:worker/task:0' in chief_out), chief_out[-3000:]
 
 
 def test_a_worker_alone_gives_up_within_its_timeout(tmp_path):
