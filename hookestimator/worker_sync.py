@@ -98,6 +98,7 @@ class WorkerGroup(object):
     self._device = cluster.task_cpu
     self._model_dir = model_dir
     self._copies_initializer = copies_initializer
+    self._infeed = infeed
     with tf.device(self._device), v1.name_scope('worker_sync'):
       self.broadcast_op = self._broadcast(variables)
       self._proposal = v1.placeholder(tf.float32, [3], name='proposal')
@@ -181,9 +182,13 @@ class WorkerGroup(object):
 
   def save_position(self, session, step):
     """A worker's input position at `step`, then the barrier the chief
-    waits at before it writes the checkpoint of `step`."""
+    waits at before it writes the checkpoint of `step`. Once the input has
+    ended, the position saved is its beginning, as the chief's checkpoint
+    then records its own (the next train() reads the input again)."""
     if self._position_saver is not None and self.position_saved:
-      session.run(self.position.snapshot_op)
+      ended = bool(getattr(self._infeed, 'input_ended', False))
+      session.run(self.position.rewind_op if ended else
+                  self.position.snapshot_op)
       directory = positions_dir(self._model_dir, self.worker)
       tf.io.gfile.makedirs(directory)
       self._position_saver.save(session, self._position_path(step),

@@ -241,12 +241,15 @@ def test_inputs_of_one_length_end_every_worker_at_their_last_batch(
     tmp_path):
   # 6 batches on each worker: every task ends at step 6, the chief's last
   # checkpoint at 6, as one process of two replicas reading both shards.
-  ports = free_ports(2)
-  with Processes(tmp_path) as processes:
-    run_cluster(processes, ports, tmp_path / 'chief_dir', 100, tmp_path,
-                batches='6')
-  assert not any(listening(p) for p in ports)
-  assert int(variables(tmp_path / 'chief_dir')['global_step']) == 6
+  # Trained again, every worker reads its input from the start (the
+  # positions saved at its end are its beginning), to step 12.
+  for end in (6, 12):
+    ports = free_ports(2)
+    with Processes(tmp_path) as processes:
+      run_cluster(processes, ports, tmp_path / 'chief_dir', 100, tmp_path,
+                  tag=str(end), batches='6')
+    assert not any(listening(p) for p in ports)
+    assert int(variables(tmp_path / 'chief_dir')['global_step']) == end
 
 
 def test_an_input_ending_before_the_others_stops_the_run_naming_it(
