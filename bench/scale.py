@@ -34,7 +34,10 @@ timestamps the call's phases, measured from the start of train():
 
 Per replica = (first step at N - first step at 1) / (N - 1). The graph's
 node count is that of the training graph. CPU seconds are this process's
-user + system time up to the graph being built.
+user + system time from the start of train(), but the graph's build CPU
+counts from input_fn's call (the build's first user code) to the graph
+being built: on a cluster the chief first waits for every task, and its
+probes are no part of the build.
 
 Loopback workers (skipped with --no_workers): for each W of --workers
 (default 1, 2, 4; 1, 2 with --quick) a cluster of W processes, the chief
@@ -104,6 +107,7 @@ class PhaseHook(v1.train.SessionRunHook):
     self.loop_end_cpus = []
     self.graph_built = None
     self.build_cpu = None
+    self._build_start_cpu = None
     self.nodes = None
     self.session_created = None
     self.loop_ends = []
@@ -114,9 +118,18 @@ class PhaseHook(v1.train.SessionRunHook):
   def _cpu(self):
     return process_cpu() - self._cpu_start
 
+  def input_fn_called(self):
+    """Marks the start of the graph's build: train() calls input_fn
+    first (on a cluster after the start-up's wait for every task, whose
+    probes are no part of the build)."""
+    if self._build_start_cpu is None:
+      self._build_start_cpu = process_cpu()
+
   def begin(self):
     self.graph_built = self._now()
-    self.build_cpu = self._cpu()
+    # The CPU the graph's build took, from input_fn's call.
+    self.build_cpu = process_cpu() - (self._build_start_cpu or
+                                      self._cpu_start)
     self.nodes = len(v1.get_default_graph().get_operations())
 
   def after_create_session(self, session, coord):
@@ -153,7 +166,11 @@ def measure(model_name, count, loops, root, cluster=''):
   cpu_start = process_cpu()
   start = time.monotonic()
   hook = PhaseHook(start, cpu_start)
-  estimator.train(model.train_input_fn, steps=ipl * loops, hooks=[hook])
+
+  def input_fn(params):
+    hook.input_fn_called()
+    return model.train_input_fn(params)
+  estimator.train(input_fn, steps=ipl * loops, hooks=[hook])
   total = time.monotonic() - start
   v1.summary.FileWriterCache.clear()
   steady = steady_step(hook.loop_ends, ipl)
