@@ -232,7 +232,7 @@ def configure(argv):
         '%s does not run on a cluster (TF_CONFIG names task %s): train on '
         "every task, then %s the chief's model_dir without TF_CONFIG" % (
             args.mode, cluster.describe(cluster.task), args.mode))
-  if not is_worker(estimator):  # A worker writes nothing.
+  if not is_worker(estimator):  # A worker writes its input positions alone.
     check_writable(args.model_dir)
   if args.mode in ('evaluate', 'predict') and (
       estimator.latest_checkpoint() is None):
@@ -322,8 +322,9 @@ def main(argv=None, stream=None):
   except ConfigError as error:
     print('hookestimator: configuration error: %s' % error, file=sys.stderr)
     return EXIT_CONFIG_ERROR
-  # A worker or feeder serves the chief's run, then ends the process with
-  # its status.
+  # A worker trains its own replicas in step with the chief, a feeder
+  # serves the chief's run; either then ends the process with the run's
+  # status.
   if args.mode == 'feed':
     feeder_tasks.feed_forever(estimator.config)
   if is_worker(estimator):

@@ -79,8 +79,10 @@ class Plan(object):
   """How one mode's batches go over the replicas.
 
   Attributes:
-    count: the number of replicas.
-    devices: one device per replica, or None for the device's default.
+    count: the number of replicas (on a cluster, of every worker).
+    local_count: the replicas this process builds and runs.
+    devices: one device per replica this process runs, or None for the
+      device's default.
     layout: SPLIT, EACH or PER_REPLICA: how input_fn's batches reach the
       replicas.
     replica_batch: params['batch_size'] in model_fn: the global batch over
