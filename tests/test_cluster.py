@@ -88,6 +88,27 @@ def assert_same_variables(got, expected):
                                err_msg=name)
 
 
+def resume_matches_an_uninterrupted_run(model_dir, tmp_path):
+  """Restarts both tasks on model_dir's last checkpoint for 12 more steps;
+  asserts they end on the variables of one process of two replicas never
+  interrupted, and leave no port listening."""
+  step = int(v1.train.load_variable(
+      v1.train.latest_checkpoint(str(model_dir)), 'global_step'))
+  max_steps = step + 12
+  ports = free_ports(2)
+  with Processes(tmp_path) as processes:
+    single = processes.start('single', '', tmp_path / 'single', max_steps,
+                             replicas=2)
+    run_cluster(processes, ports, model_dir, max_steps, tmp_path,
+                tag='_again')
+    code, _, single_out = processes.wait(single)
+    assert code == 0, single_out[-3000:]
+  assert not any(listening(p) for p in ports)
+  got = variables(model_dir)
+  assert int(got['global_step']) == max_steps
+  assert_same_variables(got, variables(tmp_path / 'single'))
+
+
 def _meta_graph_def(model_dir):
   from tensorflow.core.protobuf import meta_graph_pb2  # pylint: disable=g-import-not-at-top
   meta = meta_graph_pb2.MetaGraphDef()
@@ -184,21 +205,7 @@ def test_a_lost_worker_stops_the_chief_and_a_restart_resumes_exactly(
     assert code != 0
     assert '/job:worker/task:0' in out and 'lost task' in out, out[-3000:]
   assert not any(listening(p) for p in ports)
-  step = int(v1.train.load_variable(
-      v1.train.latest_checkpoint(str(model_dir)), 'global_step'))
-  max_steps = step + 12
-  ports = free_ports(2)
-  with Processes(tmp_path) as processes:
-    single = processes.start('single', '', tmp_path / 'single', max_steps,
-                             replicas=2)
-    out = run_cluster(processes, ports, model_dir, max_steps, tmp_path,
-                      tag='_again')
-    code, _, single_out = processes.wait(single)
-    assert code == 0, single_out[-3000:]
-  assert not any(listening(p) for p in ports)
-  got = variables(model_dir)
-  assert int(got['global_step']) == max_steps
-  assert_same_variables(got, variables(tmp_path / 'single'))
+  resume_matches_an_uninterrupted_run(model_dir, tmp_path)
 
 
 def test_a_lost_chief_stops_the_worker_naming_it_and_a_restart_resumes(
@@ -220,21 +227,7 @@ def test_a_lost_chief_stops_the_worker_naming_it_and_a_restart_resumes(
   assert code != 0
   assert 'lost task /job:chief/task:0' in out, out[-3000:]
   assert not any(listening(p) for p in ports)
-  step = int(v1.train.load_variable(
-      v1.train.latest_checkpoint(str(model_dir)), 'global_step'))
-  max_steps = step + 12
-  ports = free_ports(2)
-  with Processes(tmp_path) as processes:
-    single = processes.start('single', '', tmp_path / 'single', max_steps,
-                             replicas=2)
-    run_cluster(processes, ports, model_dir, max_steps, tmp_path,
-                tag='_again')
-    code, _, single_out = processes.wait(single)
-    assert code == 0, single_out[-3000:]
-  assert not any(listening(p) for p in ports)
-  got = variables(model_dir)
-  assert int(got['global_step']) == max_steps
-  assert_same_variables(got, variables(tmp_path / 'single'))
+  resume_matches_an_uninterrupted_run(model_dir, tmp_path)
 
 
 def test_inputs_of_one_length_end_every_worker_at_their_last_batch(
